@@ -1,0 +1,207 @@
+"""Reading and writing prometheus-client's ``*.db`` value files.
+
+The format (``prometheus_client/mmap_dict.py``): an int32 "bytes used", 4 bytes of
+padding, then entries of int32 key length, the UTF-8 key padded with spaces to an 8-byte
+boundary, a float64 value and a float64 timestamp. Writers never rewrite a key in place,
+they only append and then bump "bytes used", so a file whose size and used count have not
+changed still has the same layout. That is what :class:`Layout` caches.
+
+Reads never use mmap: a file that shrinks or vanishes under us gives a short read or an
+``OSError``, not a SIGBUS.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+_INT = struct.Struct("i")
+_TWO_DOUBLES = struct.Struct("dd")
+_PAGE = mmap.PAGESIZE
+#: Sanity bound: prometheus-client doubles its file from 64 KiB; 1 GiB is far past sane.
+MAX_USED = 1 << 30
+
+
+class CorruptFile(ValueError):
+    """A value file that cannot be parsed: truncated, garbage, or not this format."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The bytes of one value file as read at one instant."""
+
+    data: bytes
+    used: int
+    inode: int
+    size: int
+
+
+def read_snapshot(path: str) -> Snapshot | None:
+    """Read a value file; None if it is empty (just created) or gone.
+
+    Raises :class:`CorruptFile` when the header cannot be right.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        head = os.pread(fd, _PAGE, 0)
+        if not head:
+            # prometheus-client creates the file, then grows it: an empty file is a
+            # process caught between the two, not damage.
+            return None
+        if len(head) < 8:
+            raise CorruptFile(f"{path}: {len(head)} bytes, shorter than the 8-byte header")
+        used = _INT.unpack_from(head, 0)[0]
+        if used == 0 and not head.strip(b"\0"):
+            return None  # grown but not yet initialised: also a creation in progress
+        if used < 8 or used > MAX_USED or used > st.st_size:
+            raise CorruptFile(f"{path}: header says {used} bytes used, file has {st.st_size}")
+        data = head[:used] if used <= len(head) else head + os.pread(fd, used - len(head), len(head))
+        if len(data) < used:
+            raise CorruptFile(f"{path}: short read ({len(data)} of {used} bytes)")
+        return Snapshot(data, used, st.st_ino, st.st_size)
+    finally:
+        os.close(fd)
+
+
+def iter_entries(data: bytes, used: int) -> Iterable[tuple[bytes, int]]:
+    """Yield (encoded key, offset of its value) for every entry, validating bounds."""
+    pos = 8
+    while pos < used:
+        if pos + 4 > used:
+            raise CorruptFile(f"entry header at {pos} runs past used size {used}")
+        klen = _INT.unpack_from(data, pos)[0]
+        if klen <= 0 or pos + 4 + klen > used:
+            raise CorruptFile(f"key length {klen} at {pos} runs past used size {used}")
+        key = data[pos + 4 : pos + 4 + klen]
+        vpos = pos + 4 + klen + (8 - (klen + 4) % 8)
+        if vpos + 16 > used:
+            raise CorruptFile(f"value at {vpos} runs past used size {used}")
+        yield key, vpos
+        pos = vpos + 16
+
+
+def parse_key(key: bytes) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
+    """Decode a key to (metric name, sample name, sorted labels, help text)."""
+    try:
+        metric_name, name, labels, help_text = json.loads(key)
+    except (ValueError, TypeError) as exc:
+        raise CorruptFile(f"undecodable key {key[:80]!r}") from exc
+    if not (
+        isinstance(metric_name, str)
+        and isinstance(name, str)
+        and isinstance(labels, dict)
+        and isinstance(help_text, str)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+    ):
+        raise CorruptFile(f"key of the wrong shape {key[:80]!r}")
+    return metric_name, name, tuple(sorted(labels.items())), help_text
+
+
+def read_entries(path: str) -> list[tuple[bytes, float, float]] | None:
+    """All (key, value, timestamp) of a file, None if empty or gone; raises CorruptFile."""
+    snap = read_snapshot(path)
+    if snap is None:
+        return None
+    out = []
+    for key, vpos in iter_entries(snap.data, snap.used):
+        parse_key(key)  # validate: a fold must never copy garbage into an archive
+        value, ts = _TWO_DOUBLES.unpack_from(snap.data, vpos)
+        out.append((key, value, ts))
+    return out
+
+
+def encode(entries: Iterable[tuple[bytes, float, float]]) -> bytes:
+    """Encode entries exactly as prometheus-client lays them out."""
+    chunks = [b""]
+    used = 8
+    for key, value, ts in entries:
+        padded = key + b" " * (8 - (len(key) + 4) % 8)
+        chunk = _INT.pack(len(key)) + padded + _TWO_DOUBLES.pack(value, ts)
+        chunks.append(chunk)
+        used += len(chunk)
+    chunks[0] = _INT.pack(used) + b"\0\0\0\0"
+    return b"".join(chunks)
+
+
+@dataclass(slots=True)
+class Layout:
+    """Where every value of one file lives, so later reads are one ``unpack_from``.
+
+    ``keys`` holds the encoded keys in file order; ``unpack`` returns
+    (value0, ts0, value1, ts1, ...). ``check`` is the last key's bytes at its offset, a
+    cheap guard against a different file that happens to have the same inode and size.
+    """
+
+    inode: int
+    used: int
+    keys: tuple[bytes, ...]
+    unpack: object
+    check_at: int
+    check: bytes
+    slots: tuple[int, ...] | None = field(default=None)
+
+    @classmethod
+    def build(cls, snap: Snapshot) -> Layout:
+        keys: list[bytes] = []
+        fmt: list[str] = ["="]
+        last = 0
+        check_at, check = 0, b""
+        for key, vpos in iter_entries(snap.data, snap.used):
+            keys.append(key)
+            gap = vpos - last
+            if gap:
+                fmt.append(f"{gap}x")
+            fmt.append("2d")
+            last = vpos + 16
+            check_at, check = vpos - len(key) - (8 - (len(key) + 4) % 8), key
+        unpack = struct.Struct("".join(fmt)).unpack_from
+        return cls(snap.inode, snap.used, tuple(keys), unpack, check_at, check)
+
+    def matches(self, snap: Snapshot) -> bool:
+        return (
+            self.inode == snap.inode
+            and self.used == snap.used
+            and snap.data[self.check_at : self.check_at + len(self.check)] == self.check
+        )
+
+
+def write_atomic(directory: str, filename: str, payload: bytes, tmp_tag: str) -> None:
+    """Write ``payload`` to ``directory/filename`` by temp file and rename.
+
+    The temp file lives in the same directory (a rename cannot cross filesystems) and has a
+    name no reader globs. No fsync: the directory holds per-boot state that a restart
+    wipes, so only crashes of processes, not of the machine, must leave it consistent, and
+    rename is atomic for those.
+    """
+    tmp = os.path.join(directory, f".netpoint-tmp-{tmp_tag}-{filename}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(payload)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, os.path.join(directory, filename))
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

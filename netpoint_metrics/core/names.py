@@ -1,0 +1,133 @@
+"""File names in a multiprocess directory: which are ours, and what they mean.
+
+prometheus-client names a value file ``{kind}_{ident}.db`` (gauges:
+``gauge_{mode}_{ident}.db``) and its collector splits the name on ``_``, so no identifier
+may contain one. Everything this toolkit adds has a name no client would write, so that
+"delete only our own files" can be checked by name alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: Gauge multiprocess modes, as in ``prometheus_client.metrics.Gauge._MULTIPROC_MODES``.
+GAUGE_MODES = frozenset(
+    {
+        "all", "liveall", "min", "livemin", "max", "livemax",
+        "sum", "livesum", "mostrecent", "livemostrecent",
+    }
+)
+KINDS = frozenset({"counter", "histogram", "summary", "gauge"})
+
+#: Prefixes whose dead-process values are folded into an archive by adding them up.
+SUM_PREFIXES = frozenset({"counter", "histogram", "summary", "gauge_sum"})
+#: Prefixes folded by min, max or newest timestamp.
+MIN_PREFIXES = frozenset({"gauge_min"})
+MAX_PREFIXES = frozenset({"gauge_max"})
+RECENT_PREFIXES = frozenset({"gauge_mostrecent"})
+ARCHIVABLE_PREFIXES = SUM_PREFIXES | MIN_PREFIXES | MAX_PREFIXES | RECENT_PREFIXES
+
+LOCK_FILE = "netpoint.lock"
+MANIFEST_FILE = "netpoint-archive.json"
+OWNER_FILE = "netpoint-owner.json"
+TMP_PREFIX = ".netpoint-tmp-"
+LEASE_PREFIX = "lease_"
+LEASE_SUFFIX = ".lock"
+LEASE_TMP_PREFIX = ".netpoint-lease-"
+QUARANTINE_PREFIX = "corrupt-"
+
+# Our identifiers are "<pid>-<nonce>"; plain "<pid>" is what a stock client writes.
+_IDENT_RE = re.compile(r"^(?P<pid>[0-9]{1,10})(?:-(?P<nonce>[0-9a-f]{6,32}))?$")
+_ARCHIVE_RE = re.compile(r"^archive-(?P<gen>[0-9]{1,18})$")
+
+
+@dataclass(frozen=True, slots=True)
+class DbName:
+    """A parsed ``*.db`` file name."""
+
+    filename: str
+    kind: str  # counter, histogram, summary, gauge
+    mode: str  # gauge mode, "" for other kinds
+    ident: str  # process identifier, or "archive-<gen>"
+
+    @property
+    def prefix(self) -> str:
+        return f"gauge_{self.mode}" if self.kind == "gauge" else self.kind
+
+    @property
+    def is_archive(self) -> bool:
+        return self.ident.startswith("archive-")
+
+    @property
+    def generation(self) -> int | None:
+        m = _ARCHIVE_RE.match(self.ident)
+        return int(m.group("gen")) if m else None
+
+    @property
+    def live_only(self) -> bool:
+        """True for gauges whose values must vanish with their process."""
+        return self.kind == "gauge" and (self.mode.startswith("live") or self.mode == "all")
+
+
+def parse_db_name(filename: str) -> DbName | None:
+    """Parse a value file's name; None for anything that is not a known value file."""
+    if not filename.endswith(".db"):
+        return None
+    parts = filename[:-3].split("_")
+    kind = parts[0]
+    if kind == "gauge":
+        if len(parts) != 3 or parts[1] not in GAUGE_MODES:
+            return None
+        mode, ident = parts[1], parts[2]
+    elif kind in KINDS:
+        if len(parts) != 2:
+            return None
+        mode, ident = "", parts[1]
+    else:
+        return None
+    if not (_IDENT_RE.match(ident) or _ARCHIVE_RE.match(ident)):
+        return None
+    return DbName(filename, kind, mode, ident)
+
+
+def db_filename(prefix: str, ident: str) -> str:
+    return f"{prefix}_{ident}.db"
+
+
+def archive_ident(generation: int) -> str:
+    return f"archive-{generation}"
+
+
+def ident_pid(ident: str) -> int | None:
+    """The pid part of a process identifier, None for archives and unknown names."""
+    m = _IDENT_RE.match(ident)
+    return int(m.group("pid")) if m else None
+
+
+def is_process_ident(ident: str) -> bool:
+    return _IDENT_RE.match(ident) is not None
+
+
+def lease_filename(ident: str) -> str:
+    return f"{LEASE_PREFIX}{ident}{LEASE_SUFFIX}"
+
+
+def parse_lease_name(filename: str) -> str | None:
+    """The identifier a lease file belongs to, None if it is not a lease."""
+    if filename.startswith(LEASE_PREFIX) and filename.endswith(LEASE_SUFFIX):
+        ident = filename[len(LEASE_PREFIX) : -len(LEASE_SUFFIX)]
+        if _IDENT_RE.match(ident):
+            return ident
+    return None
+
+
+def is_ours(filename: str) -> bool:
+    """True for every name this toolkit or prometheus-client may create in the directory."""
+    return (
+        parse_db_name(filename) is not None
+        or parse_lease_name(filename) is not None
+        or filename in (LOCK_FILE, MANIFEST_FILE, OWNER_FILE)
+        or filename.startswith((TMP_PREFIX, LEASE_TMP_PREFIX))
+        or (filename.startswith(QUARANTINE_PREFIX) and filename.endswith(".db.bad"))
+    )
