@@ -34,7 +34,9 @@ def _int(name: str, default: int) -> int:
 
 
 wsgi_app = os.environ.get("NETPOINT_WSGI_APP", "netpoint_metrics.sample.wsgi:application")
-bind = [b.strip() for b in os.environ.get("NETPOINT_BIND", "127.0.0.1:8000").split(",") if b.strip()]
+bind = [
+    b.strip() for b in os.environ.get("NETPOINT_BIND", "127.0.0.1:8000").split(",") if b.strip()
+]
 workers = _int("NETPOINT_WORKERS", 4)
 max_requests = _int("NETPOINT_MAX_REQUESTS", 0)
 max_requests_jitter = _int("NETPOINT_MAX_REQUESTS_JITTER", 0)

@@ -25,7 +25,9 @@ def key(metric: str, sample: str, labels: dict[str, str], help_text: str = "h") 
 @dataclass
 class FakeProcess:
     directory: str
-    ident: str = field(default_factory=lambda: f"{4000000 + secrets.randbelow(10**6)}-{secrets.token_hex(6)}")
+    ident: str = field(
+        default_factory=lambda: f"{4000000 + secrets.randbelow(10**6)}-{secrets.token_hex(6)}"
+    )
     fd: int = -1
     files: dict[str, MmapedDict] = field(default_factory=dict)
     values: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -37,7 +39,9 @@ class FakeProcess:
     def _file(self, prefix: str) -> MmapedDict:
         f = self.files.get(prefix)
         if f is None:
-            f = self.files[prefix] = MmapedDict(os.path.join(self.directory, f"{prefix}_{self.ident}.db"))
+            f = self.files[prefix] = MmapedDict(
+                os.path.join(self.directory, f"{prefix}_{self.ident}.db")
+            )
         return f
 
     def add(self, prefix: str, k: str, amount: float) -> float:

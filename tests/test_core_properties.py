@@ -78,7 +78,8 @@ class DirectoryMachine(RuleBasedStateMachine):
         self.truth_counts[b] = self.truth_counts.get(b, 0) + 1
         p.set("gauge_livesum", LIVE_KEY, 1)
         p.set("gauge_max", MAX_KEY, n)
-        self.peak = n if self.peak is None else max(self.peak, n)
+        # max mode: the largest current value over every process, dead ones included
+        self.peak = max(q.values[("gauge_max", MAX_KEY)] for q in self.procs if q.values)
 
     @precondition(lambda self: any(p.alive for p in self.procs))
     @rule(data=st.data())
@@ -91,7 +92,11 @@ class DirectoryMachine(RuleBasedStateMachine):
         result = archive.fold(self.dir)
         assert not result.busy
 
-    @rule(step=st.sampled_from(["merged", "archive-written", "committed", "old-archive-deleted", "ident-deleted"]))
+    @rule(
+        step=st.sampled_from(
+            ["merged", "archive-written", "committed", "old-archive-deleted", "ident-deleted"]
+        )
+    )
     def fold_and_crash(self, step: str) -> None:
         def fault(name: str) -> None:
             if name == step:
@@ -142,7 +147,9 @@ class DirectoryMachine(RuleBasedStateMachine):
 
 TestDirectoryMachine = DirectoryMachine.TestCase
 TestDirectoryMachine.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None,
+    max_examples=40,
+    stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
@@ -151,7 +158,9 @@ TestDirectoryMachine.settings = settings(
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["counter", "histogram", "gauge_livesum", "gauge_max", "gauge_all", "gauge_min"]),
+            st.sampled_from(
+                ["counter", "histogram", "gauge_livesum", "gauge_max", "gauge_all", "gauge_min"]
+            ),
             st.integers(0, 4),
             st.floats(-1e6, 1e6, allow_nan=False),
         ),
@@ -168,14 +177,24 @@ def test_stock_order_mode_is_byte_identical_to_stock(writes, nprocs) -> None:
         for i, (prefix, label, value) in enumerate(writes):
             p = procs[i % nprocs]
             if prefix == "histogram":
-                k = key("hist", "hist_bucket" if label % 2 else "hist_sum", {"le": str(label)} if label % 2 else {})
+                k = key(
+                    "hist",
+                    "hist_bucket" if label % 2 else "hist_sum",
+                    {"le": str(label)} if label % 2 else {},
+                )
             else:
-                k = key(f"m_{prefix.replace('gauge_', 'g')}", f"m_{prefix.replace('gauge_', 'g')}", {"l": str(label)})
+                k = key(
+                    f"m_{prefix.replace('gauge_', 'g')}",
+                    f"m_{prefix.replace('gauge_', 'g')}",
+                    {"l": str(label)},
+                )
             if prefix == "counter":
                 value = abs(value)
             p.set(prefix, k, value)
         ours = CollectorRegistry()
-        ours.register(DirectoryCollector(d, exact=False, use_manifest=False, drop_dead_live_gauges=False))
+        ours.register(
+            DirectoryCollector(d, exact=False, use_manifest=False, drop_dead_live_gauges=False)
+        )
         stock = CollectorRegistry()
         MultiProcessCollector(stock, d)
         assert generate_latest(ours) == generate_latest(stock)
@@ -185,7 +204,10 @@ def test_stock_order_mode_is_byte_identical_to_stock(writes, nprocs) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@given(st.floats(allow_nan=False, allow_infinity=False, width=64), st.floats(allow_nan=False, allow_infinity=False))
+@given(
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 def test_add_up_never_rounds_down(a: float, b: float) -> None:
     s = archive.add_up(a, b)
     assume(math.isfinite(s))

@@ -38,15 +38,22 @@ def test_encode_matches_prometheus_client_layout(tmp_path) -> None:
         d.write_value(k, float(i), 0.5 * i)
     d.close()
     entries = dbfile.read_entries(path)
-    assert [(k.decode(), v, t) for k, v, t in entries] == [(k, float(i), 0.5 * i) for i, k in enumerate(keys)]
-    raw = open(path, "rb").read()
+    assert [(k.decode(), v, t) for k, v, t in entries] == [
+        (k, float(i), 0.5 * i) for i, k in enumerate(keys)
+    ]
+    with open(path, "rb") as f:
+        raw = f.read()
     used = struct.unpack_from("i", raw)[0]
     assert dbfile.encode(entries) == raw[:used]
 
 
 @pytest.mark.parametrize(
     "content",
-    [b"\x01\x02\x03", b"\xff\xff\xff\x7f\0\0\0\0" + b"x" * 100, struct.pack("i", 64) + b"\0" * 4 + b"\x10" * 56],
+    [
+        b"\x01\x02\x03",
+        b"\xff\xff\xff\x7f\0\0\0\0" + b"x" * 100,
+        struct.pack("i", 64) + b"\0" * 4 + b"\x10" * 56,
+    ],
     ids=["truncated-header", "used-past-end", "garbage-entries"],
 )
 def test_corrupt_file_is_skipped_with_warning_and_never_deleted(tmp_path, caplog, content) -> None:
@@ -103,7 +110,9 @@ def test_lease_is_released_by_death_of_a_real_process(tmp_path) -> None:
     assert not lease.is_alive(d, ident)
 
 
-def test_forked_child_gets_new_identity_and_does_not_hold_parent_lease(tmp_path, monkeypatch) -> None:
+def test_forked_child_gets_new_identity_and_does_not_hold_parent_lease(
+    tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     parent = identity.current()
     # The parent's identity may predate this test's directory; make sure it has a lease here.

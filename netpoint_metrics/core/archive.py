@@ -150,7 +150,8 @@ def _fold_locked(directory: str) -> FoldResult:
             except (dbfile.CorruptFile, OSError) as exc:
                 log.warning(
                     "netpoint-metrics: %s is unreadable (%s); leaving it out of the archive",
-                    path, exc,
+                    path,
+                    exc,
                 )
                 result.corrupt.append(f.filename)
                 _quarantine(directory, f.filename)

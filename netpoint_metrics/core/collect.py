@@ -138,7 +138,7 @@ class DirectoryCollector:
             vals = raw[0::2]
             if parsed.kind == "gauge":
                 ts = raw[1::2]
-                for s, v, t in zip(slots, vals, ts):
+                for s, v, t in zip(slots, vals, ts, strict=False):
                     lst = values.get(s)
                     if lst is None:
                         values[s] = [v]
@@ -147,7 +147,7 @@ class DirectoryCollector:
                         lst.append(v)
                         stamps[s].append(t)
             else:
-                for s, v in zip(slots, vals):
+                for s, v in zip(slots, vals, strict=False):
                     lst = values.get(s)
                     if lst is None:
                         values[s] = [v]
@@ -175,7 +175,9 @@ class DirectoryCollector:
             slot = self._slot_of.get(skey)
             if slot is None:
                 slot = self._slot_of[skey] = len(self._slot_info)
-                self._slot_info.append((parsed.kind, parsed.mode, metric_name, name, labels_key, help_text, pid))
+                self._slot_info.append(
+                    (parsed.kind, parsed.mode, metric_name, name, labels_key, help_text, pid)
+                )
             out.append(slot)
         slots = tuple(out)
         if pid is None:
@@ -233,7 +235,7 @@ class DirectoryCollector:
                     value = max(vals)
                 else:  # mostrecent: newest positive timestamp wins, first on ties
                     best_t, value = 0.0, None
-                    for v, t in zip(vals, stamps[slot]):
+                    for v, t in zip(vals, stamps[slot], strict=False):
                         if best_t < t:
                             best_t, value = t, v
                     if value is None:
@@ -268,7 +270,9 @@ class DirectoryCollector:
                     group = msamples[labels]
                     for bucket, value in sorted(bvals.items()):
                         acc += value
-                        group[(metric_name + "_bucket", labels + (("le", floatToGoString(bucket)),))] = acc
+                        group[
+                            (metric_name + "_bucket", labels + (("le", floatToGoString(bucket)),))
+                        ] = acc
                     group[(metric_name + "_count", labels)] = acc
             metric.samples = [
                 Sample(name_, dict(labels), value)

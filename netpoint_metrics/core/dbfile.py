@@ -12,6 +12,7 @@ Reads never use mmap: a file that shrinks or vanishes under us gives a short rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -63,7 +64,9 @@ def read_snapshot(path: str) -> Snapshot | None:
             return None  # grown but not yet initialised: also a creation in progress
         if used < 8 or used > MAX_USED or used > st.st_size:
             raise CorruptFile(f"{path}: header says {used} bytes used, file has {st.st_size}")
-        data = head[:used] if used <= len(head) else head + os.pread(fd, used - len(head), len(head))
+        data = (
+            head[:used] if used <= len(head) else head + os.pread(fd, used - len(head), len(head))
+        )
         if len(data) < used:
             raise CorruptFile(f"{path}: short read ({len(data)} of {used} bytes)")
         return Snapshot(data, used, st.st_ino, st.st_size)
@@ -201,7 +204,5 @@ def write_atomic(directory: str, filename: str, payload: bytes, tmp_tag: str) ->
 
 
 def _unlink_quiet(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

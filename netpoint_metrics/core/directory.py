@@ -146,9 +146,7 @@ def prepare(
             log.warning("netpoint-metrics: %s stayed locked; not preparing it", directory)
             return PrepareResult(0, 0, "locked")
         listing = scan(directory)
-        live = {
-            i for i in listing.idents() if i == self_ident or lease.is_alive(directory, i)
-        }
+        live = {i for i in listing.idents() if i == self_ident or lease.is_alive(directory, i)}
         if inherit:
             reason = "inherited from another master"
         elif _read_owner(directory) == owner:

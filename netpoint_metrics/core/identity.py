@@ -12,6 +12,7 @@ must stay cheap: one ``os.getpid()`` and a comparison.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -71,10 +72,8 @@ def _after_fork_in_child() -> None:
     """
     global _lease_fd
     if _lease_fd >= 0:
-        try:
+        with contextlib.suppress(OSError):
             os.close(_lease_fd)
-        except OSError:
-            pass
         _lease_fd = -1
 
 

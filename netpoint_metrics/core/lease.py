@@ -13,6 +13,7 @@ ever sees an unlocked lease of a live process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -28,7 +29,9 @@ def acquire(directory: str, ident: str) -> int:
     final = os.path.join(directory, names.lease_filename(ident))
     for _ in range(5):
         tmp = os.path.join(directory, f"{names.LEASE_TMP_PREFIX}{ident}-{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(tmp, final)
@@ -39,10 +42,8 @@ def acquire(directory: str, ident: str) -> int:
             continue
         except BaseException:
             os.close(fd)
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
     raise OSError(errno.EAGAIN, f"could not create lease {final}")
 

@@ -19,7 +19,10 @@ def master_starting(path: str, owner_pid: int, *, inherit: bool = False) -> dire
     result = directory.prepare(path, owner_pid, self_ident=self_ident, inherit=inherit)
     log.info(
         "netpoint-metrics: %s ready (%s; %d files wiped, %d live processes kept)",
-        path, result.reason, result.wiped, result.kept_live,
+        path,
+        result.reason,
+        result.wiped,
+        result.kept_live,
     )
     return result
 
@@ -39,6 +42,8 @@ def worker_died(path: str) -> archive.FoldResult:
     if result.folded:
         log.debug(
             "netpoint-metrics: folded %d dead process(es) into generation %d in %.1f ms",
-            len(result.folded), result.generation, result.seconds * 1000,
+            len(result.folded),
+            result.generation,
+            result.seconds * 1000,
         )
     return result

@@ -44,7 +44,9 @@ def shared(directory: str, timeout: float = 5.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise LockTimeout(f"shared lock on {directory} not granted in {timeout}s") from None
+                    raise LockTimeout(
+                        f"shared lock on {directory} not granted in {timeout}s"
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
         yield

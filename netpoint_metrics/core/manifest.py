@@ -52,16 +52,16 @@ def load(directory: str) -> Manifest:
         gen = _newest_generation(directory)
         log.warning(
             "netpoint-metrics: %s is unreadable (%s); using archive generation %d",
-            path, exc, gen,
+            path,
+            exc,
+            gen,
         )
         return Manifest(gen, frozenset())
 
 
 def store(directory: str, manifest: Manifest) -> None:
     doc = {"format": FORMAT, "generation": manifest.generation, "folded": sorted(manifest.folded)}
-    dbfile.write_atomic(
-        directory, names.MANIFEST_FILE, json.dumps(doc).encode(), f"{os.getpid()}"
-    )
+    dbfile.write_atomic(directory, names.MANIFEST_FILE, json.dumps(doc).encode(), f"{os.getpid()}")
 
 
 def _newest_generation(directory: str) -> int:

@@ -14,8 +14,16 @@ from dataclasses import dataclass
 #: Gauge multiprocess modes, as in ``prometheus_client.metrics.Gauge._MULTIPROC_MODES``.
 GAUGE_MODES = frozenset(
     {
-        "all", "liveall", "min", "livemin", "max", "livemax",
-        "sum", "livesum", "mostrecent", "livemostrecent",
+        "all",
+        "liveall",
+        "min",
+        "livemin",
+        "max",
+        "livemax",
+        "sum",
+        "livesum",
+        "mostrecent",
+        "livemostrecent",
     }
 )
 KINDS = frozenset({"counter", "histogram", "summary", "gauge"})
