@@ -258,3 +258,14 @@ def test_dead_process_all_mode_and_live_gauges_vanish_max_stays(tmp_path) -> Non
     archive.fold(d)
     assert samples(c.collect()) == got
     a.kill()
+
+
+def test_scrape_folds_what_no_server_event_reported(tmp_path) -> None:
+    d = str(tmp_path)
+    p = FakeProcess(d).start()
+    p.add("counter", K, 4)
+    p.kill()
+    c = DirectoryCollector(d, fold_every=0.0)
+    assert samples(c.collect())[("c_total", (("view", "x"),))] == 4
+    assert not any(p.ident in n for n in os.listdir(d))
+    assert samples(c.collect())[("c_total", (("view", "x"),))] == 4

@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from netpoint_metrics.core import dbfile, lease, lock, manifest, names
+from netpoint_metrics.core import archive, dbfile, lease, lock, manifest, names
 
 log = logging.getLogger("netpoint_metrics")
 
@@ -53,6 +53,7 @@ class DirectoryCollector:
         use_lock: bool = True,
         use_manifest: bool = True,
         drop_dead_live_gauges: bool = True,
+        fold_every: float | None = None,
     ) -> None:
         self.directory = directory
         self.exact = exact
@@ -60,6 +61,11 @@ class DirectoryCollector:
         self.use_lock = use_lock
         self.use_manifest = use_manifest
         self.drop_dead_live_gauges = drop_dead_live_gauges
+        #: Seconds between opportunistic folds before a scrape (None: never). Servers fold
+        #: on their own events; this catches what they cannot see, e.g. a uWSGI worker
+        #: cheaped away with no respawn, or a fold that found the lock busy.
+        self.fold_every = fold_every
+        self._last_fold = -math.inf
         self._layouts: dict[str, dbfile.Layout] = {}
         self._slot_of: dict[tuple, int] = {}
         self._slot_info: list[tuple] = []
@@ -72,6 +78,12 @@ class DirectoryCollector:
 
     def collect(self) -> Iterable[Metric]:
         t0 = time.perf_counter()
+        if self.fold_every is not None and t0 - self._last_fold >= self.fold_every:
+            self._last_fold = t0
+            try:
+                archive.fold(self.directory, wait=False)
+            except Exception:  # a scrape must not fail because compaction did
+                log.exception("netpoint-metrics: opportunistic fold of %s failed", self.directory)
         if self.use_lock:
             with lock.shared(self.directory, self.lock_timeout):
                 per_slot, order, files, skipped = self._read_all()
