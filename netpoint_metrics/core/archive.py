@@ -124,6 +124,9 @@ def _fold_locked(directory: str) -> FoldResult:
     result.generation = man.generation
     if not dead:
         return result
+    # List again: a process alive at the first scan may have created more files before it
+    # died. The dead create nothing, so this listing is complete for them.
+    listing = dirmod.scan(directory)
 
     # 3. Merge into a new generation.
     archives: dict[str, dict[bytes, tuple[float, float]]] = {}
