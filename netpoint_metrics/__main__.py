@@ -1,0 +1,3 @@
+from netpoint_metrics.cli import main
+
+raise SystemExit(main())
