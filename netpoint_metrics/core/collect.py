@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
+import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 
 from prometheus_client.metrics_core import Metric
@@ -34,8 +36,12 @@ from netpoint_metrics.core import archive, dbfile, lease, lock, manifest, names
 
 log = logging.getLogger("netpoint_metrics")
 
+_drain = deque(maxlen=0).extend  # consume an iterator in C
+_call = getattr(operator, "call", lambda f, v: f(v))  # operator.call: Python >= 3.11
+
 _SUMMED_GAUGE_MODES = frozenset({"sum", "livesum"})
 _PID_MODES = frozenset({"all", "liveall"})
+_RECENT_MODES = frozenset({"mostrecent", "livemostrecent"})
 
 
 class DirectoryCollector:
@@ -69,7 +75,19 @@ class DirectoryCollector:
         self._layouts: dict[str, dbfile.Layout] = {}
         self._slot_of: dict[tuple, int] = {}
         self._slot_info: list[tuple] = []
+        self._plans: list[tuple] = []
+        self._sample_meta: dict[tuple, tuple] = {}
+        self._bucket_keys: dict[tuple, tuple] = {}
+        # One value list and one timestamp list per series slot, kept between scrapes so
+        # that a file's layout can hold their bound ``append`` methods: then reading a
+        # file's values into them is a single C-level ``map``, no Python loop per value.
+        self._vals: list[list[float]] = []
+        self._stamps: list[list[float]] = []
+        self._vapp: list = []
+        self._tapp: list = []
+        self._lock = threading.Lock()  # threaded workers may scrape concurrently
         self._parsed: dict[bytes, tuple] = {}
+        self._names: dict[str, names.DbName | None] = {}
         self._warned: set[tuple] = set()
         #: What the last collect() saw, for self-metrics and the CLI.
         self.last_stats: dict[str, float] = {}
@@ -84,12 +102,13 @@ class DirectoryCollector:
                 archive.fold(self.directory, wait=False)
             except Exception:  # a scrape must not fail because compaction did
                 log.exception("netpoint-metrics: opportunistic fold of %s failed", self.directory)
-        if self.use_lock:
-            with lock.shared(self.directory, self.lock_timeout):
-                per_slot, order, files, skipped = self._read_all()
-        else:
-            per_slot, order, files, skipped = self._read_all()
-        metrics = self._build(per_slot, order)
+        with self._lock:
+            if self.use_lock:
+                with lock.shared(self.directory, self.lock_timeout):
+                    order, files, skipped = self._read_all()
+            else:
+                order, files, skipped = self._read_all()
+            metrics = self._build(order)
         self.last_stats = {
             "files": files,
             "skipped": skipped,
@@ -103,8 +122,12 @@ class DirectoryCollector:
         archive_ident = man.archive_ident()
         folded = man.folded
         alive: dict[str, bool] = {}
-        values: dict[int, list] = {}
-        stamps: dict[int, list] = {}
+        for lst in self._vals:
+            lst.clear()
+        for lst in self._stamps:
+            lst.clear()
+        seen: set[int] = set()
+        order: list[int] = []
         seen_paths = set()
         files = skipped = 0
         with os.scandir(directory) as it:
@@ -112,9 +135,12 @@ class DirectoryCollector:
         for filename in entries:
             if not filename.endswith(".db"):
                 continue
-            parsed = names.parse_db_name(filename)
+            parsed = self._names.get(filename)
             if parsed is None:
-                continue
+                parsed = names.parse_db_name(filename)
+                if parsed is None:
+                    continue
+                self._names[filename] = parsed
             ident = parsed.ident
             if self.use_manifest:
                 if parsed.is_archive:
@@ -131,48 +157,58 @@ class DirectoryCollector:
             path = os.path.join(directory, filename)
             seen_paths.add(path)
             try:
-                snap = dbfile.read_snapshot(path)
+                layout = self._layouts.get(path)
+                snap = dbfile.read_snapshot(path, layout.used if layout is not None else 0)
                 if snap is None:
                     continue
-                layout = self._layouts.get(path)
                 if layout is None or not layout.matches(snap):
                     layout = self._layouts[path] = dbfile.Layout.build(snap)
-                slots = layout.slots
-                if slots is None or parsed.mode in _PID_MODES:
+                if parsed.mode in _PID_MODES:
                     slots = self._slots_for(layout, parsed)
-                raw = layout.unpack(snap.data)
+                    vapp = tuple(self._vapp[s] for s in slots)
+                    tapp = tuple(self._tapp[s] for s in slots)
+                else:
+                    if layout.slots is None:
+                        self._slots_for(layout, parsed)
+                    slots, vapp, tapp = layout.slots, layout.vapp, layout.tapp
+                if parsed.mode in _RECENT_MODES:
+                    raw = layout.unpack(snap.data)
+                    vals, stamps = raw[0::2], raw[1::2]
+                else:
+                    vals, stamps = layout.unpack_values(snap.data), None
             except (dbfile.CorruptFile, OSError, ValueError) as exc:
                 skipped += 1
                 self._layouts.pop(path, None)
                 self._warn_once(path, exc)
                 continue
             files += 1
-            vals = raw[0::2]
-            if parsed.kind == "gauge":
-                ts = raw[1::2]
-                for s, v, t in zip(slots, vals, ts, strict=False):
-                    lst = values.get(s)
-                    if lst is None:
-                        values[s] = [v]
-                        stamps[s] = [t]
-                    else:
-                        lst.append(v)
-                        stamps[s].append(t)
-            else:
-                for s, v in zip(slots, vals, strict=False):
-                    lst = values.get(s)
-                    if lst is None:
-                        values[s] = [v]
-                    else:
-                        lst.append(v)
+            if not seen.issuperset(slots):  # first-seen order is the output order
+                for s in slots:
+                    if s not in seen:
+                        seen.add(s)
+                        order.append(s)
+            _drain(map(_call, vapp, vals))
+            if stamps is not None:
+                _drain(map(_call, tapp, stamps))
         # Forget layouts of files that are gone, and reset the slot table if it has grown
         # far past what is in use (ids of "all" gauges never come back).
+        if len(self._names) > 2 * len(entries) + 1024:
+            self._names.clear()
         if len(self._layouts) > len(seen_paths):
             for path in [p for p in self._layouts if p not in seen_paths]:
                 del self._layouts[path]
-        if len(self._slot_info) > 4 * len(values) + 4096:
+        if len(self._slot_info) > 4 * len(order) + 4096:
+            order_info = [self._slot_info[s] for s in order]
+            values = [list(self._vals[s]) for s in order]
+            stamps = [list(self._stamps[s]) for s in order]
             self._reset_slots()
-        return (values, stamps), list(values), files, skipped
+            # Re-home this scrape's values in fresh slots 0..n-1.
+            for i, info in enumerate(order_info):
+                self._new_slot(info)
+                self._vals[i].extend(values[i])
+                self._stamps[i].extend(stamps[i])
+            order = list(range(len(order_info)))
+        return order, files, skipped
 
     def _slots_for(self, layout: dbfile.Layout, parsed: names.DbName) -> tuple[int, ...]:
         """Map each value of a file to a series slot (kind and gauge mode included)."""
@@ -186,22 +222,41 @@ class DirectoryCollector:
             skey = (parsed.kind, parsed.mode, metric_name, name, labels_key, pid)
             slot = self._slot_of.get(skey)
             if slot is None:
-                slot = self._slot_of[skey] = len(self._slot_info)
-                self._slot_info.append(
+                slot = self._new_slot(
                     (parsed.kind, parsed.mode, metric_name, name, labels_key, help_text, pid)
                 )
             out.append(slot)
         slots = tuple(out)
         if pid is None:
             layout.slots = slots
+            layout.vapp = tuple(self._vapp[s] for s in slots)
+            layout.tapp = tuple(self._tapp[s] for s in slots)
         return slots
+
+    def _new_slot(self, info: tuple) -> int:
+        slot = len(self._slot_info)
+        self._slot_of[info[:5] + (info[6],)] = slot
+        self._slot_info.append(info)
+        self._plans.append(_plan(info))
+        v: list[float] = []
+        t: list[float] = []
+        self._vals.append(v)
+        self._stamps.append(t)
+        self._vapp.append(v.append)
+        self._tapp.append(t.append)
+        return slot
 
     def _reset_slots(self) -> None:
         self._slot_of.clear()
         self._slot_info.clear()
+        self._plans.clear()
         self._parsed.clear()
+        self._vals.clear()
+        self._stamps.clear()
+        self._vapp.clear()
+        self._tapp.clear()
         for layout in self._layouts.values():
-            layout.slots = None
+            layout.slots = layout.vapp = layout.tapp = None
 
     def _warn_once(self, path: str, exc: Exception) -> None:
         key = (path, str(exc))
@@ -213,32 +268,36 @@ class DirectoryCollector:
 
     # -- building metric families ------------------------------------------------------
 
-    def _build(self, per_slot, order) -> list[Metric]:
-        """Turn per-series value lists into metric families, in stock's order and shape."""
-        values, stamps = per_slot
-        info = self._slot_info
+    def _build(self, order: list[int]) -> list[Metric]:
+        """Turn per-series value lists into metric families, in stock's order and shape.
+
+        This mirrors ``MultiProcessCollector._accumulate_metrics`` fed one aggregated value
+        per series in first-seen order, which gives the same families, samples and order.
+        Per-series facts (bucket bounds, label dicts) are computed once per series, not
+        once per scrape.
+        """
+        values, stamps = self._vals, self._stamps
+        plans = self._plans
         total = math.fsum if self.exact else _sequential_sum
         metrics: dict[str, Metric] = {}
-        # State mirroring MultiProcessCollector._accumulate_metrics, fed one aggregated
-        # value per series in first-seen order, which yields the same sample order.
         samples: dict[str, dict] = {}
         buckets: dict[str, dict] = {}
         for slot in order:
-            kind, mode, metric_name, name, labels_key, help_text, pid = info[slot]
-            metric = metrics.get(metric_name)
-            if metric is None:
-                metric = metrics[metric_name] = Metric(metric_name, help_text, kind)
-                samples[metric_name] = defaultdict(dict)
-                buckets[metric_name] = defaultdict(dict)
+            kind, mode, metric_name, help_text, key, group_key, le = plans[slot]
+            msamples = samples.get(metric_name)
+            if msamples is None:
+                metrics[metric_name] = Metric(metric_name, help_text, kind)
+                msamples = samples[metric_name] = {}
+                buckets[metric_name] = {}
             vals = values[slot]
             if kind == "gauge":
-                metric._multiprocess_mode = mode
-                msamples = samples[metric_name]
-                if pid is not None:
-                    labels = labels_key + (("pid", pid),)
-                    msamples[labels][(name, labels)] = vals[-1]
+                metrics[metric_name]._multiprocess_mode = mode
+                group = msamples.get(group_key)
+                if group is None:
+                    group = msamples[group_key] = {}
+                if mode in _PID_MODES:
+                    group[key] = vals[-1]
                     continue
-                group = msamples[labels_key]
                 if mode in _SUMMED_GAUGE_MODES:
                     value = total(vals)
                 elif mode in ("min", "livemin"):
@@ -252,47 +311,77 @@ class DirectoryCollector:
                             best_t, value = t, v
                     if value is None:
                         continue
-                _merge_gauge(group, (name, labels_key), value, mode, total)
-            elif kind == "histogram":
-                le = None
-                for k, v in labels_key:
-                    if k == "le":
-                        le = v
-                        break
-                if le is None:
-                    group = samples[metric_name][labels_key]
-                    key = (name, labels_key)
-                    group[key] = total(vals) if key not in group else total([group[key], *vals])
-                else:
-                    without_le = tuple(kv for kv in labels_key if kv[0] != "le")
-                    b = buckets[metric_name][without_le]
-                    bv = float(le)
-                    b[bv] = total(vals) if bv not in b else total([b[bv], *vals])
+                _merge_gauge(group, key, value, mode, total)
+            elif le is not None:  # a histogram bucket: summed now, made cumulative below
+                b = buckets[metric_name].get(group_key)
+                if b is None:
+                    b = buckets[metric_name][group_key] = {}
+                b[le] = total(vals) if le not in b else total([b[le], *vals])
             else:
-                group = samples[metric_name][labels_key]
-                key = (name, labels_key)
+                group = msamples.get(group_key)
+                if group is None:
+                    group = msamples[group_key] = {}
                 group[key] = total(vals) if key not in group else total([group[key], *vals])
 
         out = []
+        meta = self._sample_meta
+        make = Sample._make
         for metric_name, metric in metrics.items():
             msamples = samples[metric_name]
             if metric.type == "histogram":
                 for labels, bvals in buckets[metric_name].items():
                     acc = 0.0
-                    group = msamples[labels]
+                    group = msamples.get(labels)
+                    if group is None:
+                        group = msamples[labels] = {}
                     for bucket, value in sorted(bvals.items()):
                         acc += value
-                        group[
-                            (metric_name + "_bucket", labels + (("le", floatToGoString(bucket)),))
-                        ] = acc
+                        group[self._bucket_key(metric_name, labels, bucket)] = acc
                     group[(metric_name + "_count", labels)] = acc
-            metric.samples = [
-                Sample(name_, dict(labels), value)
-                for group in msamples.values()
-                for (name_, labels), value in group.items()
-            ]
+            samples_out = []
+            for group in msamples.values():
+                for key, value in group.items():
+                    m = meta.get(key)
+                    if m is None:
+                        m = meta[key] = (key[0], dict(key[1]))
+                    samples_out.append(make((m[0], m[1], value, None, None, None)))
+            metric.samples = samples_out
             out.append(metric)
+        if len(meta) > 8 * len(order) + 4096:
+            meta.clear()
+            self._bucket_keys.clear()
         return out
+
+    def _bucket_key(self, metric_name: str, labels: tuple, bucket: float) -> tuple:
+        k = (metric_name, labels, bucket)
+        key = self._bucket_keys.get(k)
+        if key is None:
+            key = self._bucket_keys[k] = (
+                metric_name + "_bucket",
+                labels + (("le", floatToGoString(bucket)),),
+            )
+        return key
+
+
+def _plan(info: tuple) -> tuple:
+    """What building a series' samples needs, worked out once when the series appears.
+
+    Returns (kind, mode, metric name, help, sample key, label group, bucket bound or None)
+    where the label group is what stock groups samples by: labels without ``pid`` (or with
+    it, for "all" gauges) and, for buckets, without ``le``.
+    """
+    kind, mode, metric_name, name, labels_key, help_text, pid = info
+    le = None
+    group = labels_key
+    if kind == "gauge" and pid is not None:
+        group = labels_key + (("pid", pid),)
+    elif kind == "histogram":
+        for k, v in labels_key:
+            if k == "le":
+                le = float(v)
+                group = tuple(kv for kv in labels_key if kv[0] != "le")
+                break
+    return (kind, mode, metric_name, help_text, (name, group), group, le)
 
 
 def _merge_gauge(group: dict, key: tuple, value: float, mode: str, total) -> None:

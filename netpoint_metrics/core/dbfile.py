@@ -41,10 +41,11 @@ class Snapshot:
     size: int
 
 
-def read_snapshot(path: str) -> Snapshot | None:
+def read_snapshot(path: str, hint: int = 0) -> Snapshot | None:
     """Read a value file; None if it is empty (just created) or gone.
 
-    Raises :class:`CorruptFile` when the header cannot be right.
+    ``hint`` is the used size seen last time: reading that much at once makes a known
+    file one ``pread``. Raises :class:`CorruptFile` when the header cannot be right.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
@@ -52,7 +53,7 @@ def read_snapshot(path: str) -> Snapshot | None:
         return None
     try:
         st = os.fstat(fd)
-        head = os.pread(fd, _PAGE, 0)
+        head = os.pread(fd, hint if hint > _PAGE else _PAGE, 0)
         if not head:
             # prometheus-client creates the file, then grows it: an empty file is a
             # process caught between the two, not damage.
@@ -147,14 +148,19 @@ class Layout:
     used: int
     keys: tuple[bytes, ...]
     unpack: object
+    unpack_values: object
     check_at: int
     check: bytes
     slots: tuple[int, ...] | None = field(default=None)
+    #: Bound ``append`` methods of the collector's per-series value and timestamp lists.
+    vapp: tuple | None = field(default=None)
+    tapp: tuple | None = field(default=None)
 
     @classmethod
     def build(cls, snap: Snapshot) -> Layout:
         keys: list[bytes] = []
         fmt: list[str] = ["="]
+        vfmt: list[str] = ["="]
         last = 0
         check_at, check = 0, b""
         for key, vpos in iter_entries(snap.data, snap.used):
@@ -162,11 +168,14 @@ class Layout:
             gap = vpos - last
             if gap:
                 fmt.append(f"{gap}x")
+                vfmt.append(f"{gap}x")
             fmt.append("2d")
+            vfmt.append("d8x")
             last = vpos + 16
             check_at, check = vpos - len(key) - (8 - (len(key) + 4) % 8), key
         unpack = struct.Struct("".join(fmt)).unpack_from
-        return cls(snap.inode, snap.used, tuple(keys), unpack, check_at, check)
+        unpack_values = struct.Struct("".join(vfmt)).unpack_from
+        return cls(snap.inode, snap.used, tuple(keys), unpack, unpack_values, check_at, check)
 
     def matches(self, snap: Snapshot) -> bool:
         return (
