@@ -25,7 +25,7 @@ import operator
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Iterable
 
 from prometheus_client.metrics_core import Metric
