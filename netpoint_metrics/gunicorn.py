@@ -59,7 +59,14 @@ def on_starting(server: Any) -> None:
         return
     inherit = bool(getattr(server, "master_pid", 0))
     try:
-        lifecycle.master_starting(path, os.getpid(), inherit=inherit)
+        result = lifecycle.master_starting(path, os.getpid(), inherit=inherit)
+        server.log.info(
+            "netpoint-metrics: %s ready (%s; %d files wiped, %d live processes kept)",
+            path,
+            result.reason,
+            result.wiped,
+            result.kept_live,
+        )
     except directory.UnsafeDirectory:
         raise  # refuse to start on an unsafe directory: the message says how to fix it
     except Exception:
