@@ -269,3 +269,27 @@ def test_scrape_folds_what_no_server_event_reported(tmp_path) -> None:
     assert samples(c.collect())[("c_total", (("view", "x"),))] == 4
     assert not any(p.ident in n for n in os.listdir(d))
     assert samples(c.collect())[("c_total", (("view", "x"),))] == 4
+
+
+def test_unreadable_file_keeps_its_process_unfolded(tmp_path, monkeypatch) -> None:
+    """An I/O error on one file: nothing of that process is archived or deleted."""
+    d = str(tmp_path)
+    p = FakeProcess(d).start()
+    p.add("counter", K, 2)
+    p.add("histogram", key("h", "h_sum", {}), 1.5)
+    p.kill()
+    real = dbfile.read_entries
+
+    def flaky(path):
+        if "histogram_" in path:
+            raise OSError(5, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(dbfile, "read_entries", flaky)
+    assert archive.fold(d).folded == []
+    assert len(db_files(d)) == 2
+    assert samples(DirectoryCollector(d).collect())[("c_total", (("view", "x"),))] == 2
+    monkeypatch.setattr(dbfile, "read_entries", real)
+    assert archive.fold(d).folded == [p.ident]
+    got = samples(DirectoryCollector(d).collect())
+    assert got[("c_total", (("view", "x"),))] == 2 and got[("h_sum", ())] == 1.5

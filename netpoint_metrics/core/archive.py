@@ -144,25 +144,34 @@ def _fold_locked(directory: str) -> FoldResult:
     folded: list[str] = []
     for ident in dead:
         ok = True
+        reads: list[tuple[str, list]] = []
         for f in listing.files.get(ident, ()):
             if f.prefix not in names.ARCHIVABLE_PREFIXES:
                 continue  # live and "all" gauges die with their process
             path = os.path.join(directory, f.filename)
             try:
                 entries = dbfile.read_entries(path)
-            except (dbfile.CorruptFile, OSError) as exc:
+            except dbfile.CorruptFile as exc:
                 log.warning(
-                    "netpoint-metrics: %s is unreadable (%s); leaving it out of the archive",
-                    path,
-                    exc,
+                    "netpoint-metrics: %s is corrupt (%s); set aside, not archived", path, exc
                 )
                 result.corrupt.append(f.filename)
-                _quarantine(directory, f.filename)
+                # Never delete what we could not read: move it aside, or keep the process
+                # unfolded if even that fails.
+                ok = _quarantine(directory, f.filename) and ok
+                continue
+            except OSError as exc:  # e.g. EIO, EACCES: maybe passing; try again next fold
+                log.warning("netpoint-metrics: cannot read %s (%s); will retry", path, exc)
+                ok = False
                 continue
             if entries:
-                _merge(archives.setdefault(f.prefix, {}), f.prefix, entries)
-        if ok:
+                reads.append((f.prefix, entries))
+        if ok:  # all or nothing per process, so a retry cannot count anything twice
+            for prefix, entries in reads:
+                _merge(archives.setdefault(prefix, {}), prefix, entries)
             folded.append(ident)
+    if not folded:
+        return result
     _step("merged")
 
     new = manifest.Manifest(man.generation + 1, frozenset(still_folded | set(folded)))
@@ -223,13 +232,15 @@ def _delete_ident(directory: str, ident: str, listing: dirmod.Listing) -> bool:
     return ok
 
 
-def _quarantine(directory: str, filename: str) -> None:
-    """Move an unreadable file out of the way without deleting it."""
+def _quarantine(directory: str, filename: str) -> bool:
+    """Move an unreadable file out of the way without deleting it; True if moved."""
     target = f"{names.QUARANTINE_PREFIX}{filename}.bad"
     try:
         os.rename(os.path.join(directory, filename), os.path.join(directory, target))
     except OSError as exc:
-        log.warning("netpoint-metrics: cannot quarantine %s: %s", filename, exc)
+        log.warning("netpoint-metrics: cannot set aside %s: %s", filename, exc)
+        return False
+    return True
 
 
 def _remove_abandoned_lease_tmp(directory: str, name: str) -> None:
