@@ -1,0 +1,94 @@
+"""A tiny JSON API in NetBox's shape, with plain Django views."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.cache import cache
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from netpoint_metrics.sample.dcim.models import Device, Site
+from netpoint_metrics.sample.dcim.signals import cache_key
+
+CACHE_SECONDS = 300
+
+
+def _body(request: HttpRequest) -> dict | None:
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _error(status: int, detail: str) -> JsonResponse:
+    return JsonResponse({"detail": detail}, status=status)
+
+
+@csrf_exempt
+def device_list(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        devices = [d.as_dict() for d in Device.objects.order_by("pk")[:1000]]
+        return JsonResponse({"count": len(devices), "results": devices})
+    if request.method == "POST":
+        data = _body(request)
+        if not data or not isinstance(data.get("name"), str) or not data["name"]:
+            return _error(400, "name is required")
+        site = None
+        if data.get("site") is not None:
+            site = Site.objects.filter(pk=data["site"]).first()
+            if site is None:
+                return _error(400, "no such site")
+        status = data.get("status", "active")
+        if status not in dict(Device.STATUSES):
+            return _error(400, "bad status")
+        device = Device.objects.create(name=data["name"][:100], site=site, status=status)
+        return JsonResponse(device.as_dict(), status=201)
+    return _error(405, "method not allowed")
+
+
+@csrf_exempt
+def device_detail(request: HttpRequest, pk: int) -> JsonResponse:
+    key = cache_key("device", pk)
+    if request.method == "GET":
+        cached = cache.get(key)
+        if cached is None:
+            device = Device.objects.filter(pk=pk).first()
+            if device is None:
+                return _error(404, "not found")
+            cached = device.as_dict()
+            cache.set(key, cached, CACHE_SECONDS)
+        return JsonResponse(cached)
+    device = Device.objects.filter(pk=pk).first()
+    if device is None:
+        return _error(404, "not found")
+    if request.method == "PATCH":
+        data = _body(request)
+        if data is None:
+            return _error(400, "body must be a JSON object")
+        if "name" in data:
+            device.name = str(data["name"])[:100]
+        if "status" in data:
+            if data["status"] not in dict(Device.STATUSES):
+                return _error(400, "bad status")
+            device.status = data["status"]
+        device.save()
+        return JsonResponse(device.as_dict())
+    if request.method == "DELETE":
+        device.delete()
+        return JsonResponse({}, status=204)
+    return _error(405, "method not allowed")
+
+
+@csrf_exempt
+def site_list(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        return JsonResponse({"results": [s.as_dict() for s in Site.objects.order_by("pk")]})
+    if request.method == "POST":
+        data = _body(request)
+        if not data or not data.get("name") or not data.get("slug"):
+            return _error(400, "name and slug are required")
+        site = Site.objects.create(name=str(data["name"])[:100], slug=str(data["slug"])[:100])
+        return JsonResponse(site.as_dict(), status=201)
+    return _error(405, "method not allowed")

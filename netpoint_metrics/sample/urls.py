@@ -1,0 +1,10 @@
+from django.urls import include, path
+
+from netpoint_metrics.sample.dcim import views
+
+urlpatterns = [
+    path("", include("netpoint_metrics.urls")),
+    path("api/devices/", views.device_list, name="device-list"),
+    path("api/devices/<int:pk>/", views.device_detail, name="device-detail"),
+    path("api/sites/", views.site_list, name="site-list"),
+]

@@ -1,0 +1,247 @@
+"""Start real Gunicorn and uWSGI masters for tests, and talk to them.
+
+Each server gets a free port on 127.0.0.1, its own SQLite database (migrated first) and its
+own metrics directory under the test's tmp_path. Stopping sends TERM to the master we
+started, waits with a deadline, then kills the process group we created: never by name.
+A missing server binary fails with how to install it, never skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def binary(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise AssertionError(
+            f"{name} is not installed in {BIN}: run `make test` (or "
+            f"`pip install -e '.[test]'`; uWSGI compiles with gcc and needs python3-dev)"
+        )
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(tmp_path: Path, metrics: bool = True, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NETPOINT_", "GUNICORN_"))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("prometheus_multiproc_dir", None)
+    env["PYTHONPATH"] = str(ROOT)
+    env["DJANGO_SETTINGS_MODULE"] = "netpoint_metrics.sample.settings"
+    env["NETPOINT_DB_PATH"] = str(tmp_path / "netpoint.sqlite3")
+    env["METRICS_ENABLED"] = "1" if metrics else "0"
+    if metrics:
+        mp = tmp_path / "metrics"
+        mp.mkdir(mode=0o700, exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(mp)
+    env.update(extra)
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    menv = dict(env, METRICS_ENABLED="0")
+    menv.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    subprocess.run(
+        [sys.executable, "-m", "netpoint_metrics.sample.manage", "migrate", "--noinput", "-v0"],
+        env=menv,
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
+
+
+@dataclass
+class Server:
+    kind: str
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+    env: dict[str, str]
+    tmp_path: Path
+    stopped: bool = field(default=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_dir(self) -> Path | None:
+        d = self.env.get("PROMETHEUS_MULTIPROC_DIR")
+        return Path(d) if d else None
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        headers: dict | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            hdrs = {"Content-Type": "application/json"} if data is not None else {}
+            hdrs.update(headers or {})
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw) -> tuple[int, dict[str, str], bytes]:
+        return self.request("GET", path, **kw)
+
+    def scrape(self) -> dict[tuple[str, frozenset], float]:
+        status, _, body = self.get("/metrics")
+        assert status == 200, f"/metrics answered {status}: {body[:300]!r}\n{self.log_tail()}"
+        return parse_samples(body.decode())
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                status, _, _ = self.get("/api/sites/", timeout=5)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+        raise AssertionError(f"{self.kind} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """TERM the master, wait, then KILL our process group; returns the exit code."""
+        if self.stopped:
+            return self.proc.returncode
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        return self.proc.returncode
+
+    def group_alive(self) -> bool:
+        """True while any process of the group we created still exists (zombies excluded)."""
+        pgid = self.proc.pid
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            fields = raw.rsplit(b")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+        return False
+
+
+def _start(kind: str, cmd: list[str], tmp_path: Path, env: dict[str, str], port: int) -> Server:
+    log_path = tmp_path / f"{kind}-{port}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 (the server owns it for its whole life)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    server = Server(kind, proc, port, log_path, env, tmp_path)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_gunicorn(
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    workers: int = 4,
+) -> Server:
+    env = dict(env or base_env(tmp_path))
+    port = free_port()
+    env.setdefault("NETPOINT_BIND", f"127.0.0.1:{port}")
+    env.setdefault("NETPOINT_WORKERS", str(workers))
+    migrate(env)
+    cmd = [binary("gunicorn"), "-c", str(ROOT / "gunicorn_conf.py"), *(extra_args or [])]
+    return _start("gunicorn", cmd, tmp_path, env, port)
+
+
+def start_uwsgi(
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    workers: int = 4,
+) -> Server:
+    env = dict(env or base_env(tmp_path))
+    port = free_port()
+    env.setdefault("NETPOINT_BIND", f"127.0.0.1:{port}")
+    env.setdefault("NETPOINT_WORKERS", str(workers))
+    migrate(env)
+    cmd = [binary("uwsgi"), "--ini", str(ROOT / "uwsgi.ini"), *(extra_args or [])]
+    return _start("uwsgi", cmd, tmp_path, env, port)
+
+
+def parse_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, frozenset(labels)): value} from the text exposition format."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """Sum of every series of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
