@@ -86,6 +86,12 @@ class DirectoryCollector:
         self._vapp: list = []
         self._tapp: list = []
         self._lock = threading.Lock()  # threaded workers may scrape concurrently
+        # Files nobody can write any more (archives, dead processes) are read once per
+        # change of their set; see _add_frozen.
+        self._dead: set[str] = set()
+        self._frozen_key: frozenset | None = None
+        self._frozen: list[tuple[int, list, list]] = []
+        self._frozen_files = 0
         self._parsed: dict[bytes, tuple] = {}
         self._names: dict[str, names.DbName | None] = {}
         self._warned: set[tuple] = set()
@@ -122,17 +128,16 @@ class DirectoryCollector:
         archive_ident = man.archive_ident()
         folded = man.folded
         alive: dict[str, bool] = {}
-        for lst in self._vals:
-            lst.clear()
-        for lst in self._stamps:
-            lst.clear()
+        self._clear_lists()
         seen: set[int] = set()
         order: list[int] = []
         seen_paths = set()
+        frozen: list[tuple[str, int, names.DbName]] = []
+        use_frozen = self.exact and self.drop_dead_live_gauges
         files = skipped = 0
         with os.scandir(directory) as it:
-            entries = [e.name for e in it]
-        for filename in entries:
+            entries = [(e.name, e.inode()) for e in it]
+        for filename, inode in entries:
             if not filename.endswith(".db"):
                 continue
             parsed = self._names.get(filename)
@@ -156,40 +161,17 @@ class DirectoryCollector:
                     continue
             path = os.path.join(directory, filename)
             seen_paths.add(path)
-            try:
-                layout = self._layouts.get(path)
-                snap = dbfile.read_snapshot(path, layout.used if layout is not None else 0)
-                if snap is None:
-                    continue
-                if layout is None or not layout.matches(snap):
-                    layout = self._layouts[path] = dbfile.Layout.build(snap)
-                if parsed.mode in _PID_MODES:
-                    slots = self._slots_for(layout, parsed)
-                    vapp = tuple(self._vapp[s] for s in slots)
-                    tapp = tuple(self._tapp[s] for s in slots)
-                else:
-                    if layout.slots is None:
-                        self._slots_for(layout, parsed)
-                    slots, vapp, tapp = layout.slots, layout.vapp, layout.tapp
-                if parsed.mode in _RECENT_MODES:
-                    raw = layout.unpack(snap.data)
-                    vals, stamps = raw[0::2], raw[1::2]
-                else:
-                    vals, stamps = layout.unpack_values(snap.data), None
-            except (dbfile.CorruptFile, OSError, ValueError) as exc:
-                skipped += 1
-                self._layouts.pop(path, None)
-                self._warn_once(path, exc)
+            if use_frozen and self._is_frozen(parsed, alive):
+                frozen.append((path, inode, parsed))
+                continue
+            got = self._read_file(path, parsed)
+            if not got:
+                skipped += got is False
                 continue
             files += 1
-            if not seen.issuperset(slots):  # first-seen order is the output order
-                for s in slots:
-                    if s not in seen:
-                        seen.add(s)
-                        order.append(s)
-            _drain(map(_call, vapp, vals))
-            if stamps is not None:
-                _drain(map(_call, tapp, stamps))
+            self._take(got, seen, order)
+        if frozen:
+            files += self._add_frozen(frozen, seen, order)
         # Forget layouts of files that are gone, and reset the slot table if it has grown
         # far past what is in use (ids of "all" gauges never come back).
         if len(self._names) > 2 * len(entries) + 1024:
@@ -209,6 +191,108 @@ class DirectoryCollector:
                 self._stamps[i].extend(stamps[i])
             order = list(range(len(order_info)))
         return order, files, skipped
+
+    def _clear_lists(self) -> None:
+        for lst in self._vals:
+            lst.clear()
+        for lst in self._stamps:
+            lst.clear()
+
+    def _read_file(self, path: str, parsed: names.DbName):
+        """(slots, value appenders, stamp appenders, values, stamps) of one file.
+
+        None for an empty or vanished file (normal races), False for an unreadable one.
+        """
+        try:
+            layout = self._layouts.get(path)
+            snap = dbfile.read_snapshot(path, layout.used if layout is not None else 0)
+            if snap is None:
+                return None
+            if layout is None or not layout.matches(snap):
+                layout = self._layouts[path] = dbfile.Layout.build(snap)
+            if parsed.mode in _PID_MODES:
+                slots = self._slots_for(layout, parsed)
+                vapp = tuple(self._vapp[s] for s in slots)
+                tapp = tuple(self._tapp[s] for s in slots)
+            else:
+                if layout.slots is None:
+                    self._slots_for(layout, parsed)
+                slots, vapp, tapp = layout.slots, layout.vapp, layout.tapp
+            if parsed.mode in _RECENT_MODES:
+                raw = layout.unpack(snap.data)
+                return slots, vapp, tapp, raw[0::2], raw[1::2]
+            return slots, vapp, tapp, layout.unpack_values(snap.data), None
+        except (dbfile.CorruptFile, OSError, ValueError) as exc:
+            self._layouts.pop(path, None)
+            self._warn_once(path, exc)
+            return False
+
+    @staticmethod
+    def _take(got, seen: set[int], order: list[int]) -> None:
+        slots, vapp, tapp, vals, stamps = got
+        if not seen.issuperset(slots):  # first-seen order is the output order
+            for s in slots:
+                if s not in seen:
+                    seen.add(s)
+                    order.append(s)
+        _drain(map(_call, vapp, vals))
+        if stamps is not None:
+            _drain(map(_call, tapp, stamps))
+
+    def _is_frozen(self, parsed: names.DbName, alive: dict[str, bool]) -> bool:
+        """True for files nobody can write any more: archives, and dead processes' files.
+
+        Our identifiers are never reused, so once dead always dead; a stock pid-named
+        file is checked again every scrape (its pid may come back).
+        """
+        ident = parsed.ident
+        if parsed.is_archive or ident in self._dead:
+            return True
+        ok = alive.get(ident)
+        if ok is None:
+            ok = alive[ident] = lease.is_alive(self.directory, ident)
+        if not ok and "-" in ident:
+            self._dead.add(ident)
+        return not ok
+
+    def _add_frozen(self, frozen: list, seen: set[int], order: list[int]) -> int:
+        """Add the values of files nobody writes any more, read once per change of that set.
+
+        They are kept as raw per-series value lists, not pre-summed, so the exact sum over
+        everything is the same as without this cache: no order or rounding can change.
+        """
+        key = frozenset((p, i) for p, i, _ in frozen)
+        if key != self._frozen_key:
+            # Read them into the (empty) scrape lists first, keep a copy, then read the
+            # live ones already gathered back: simplest is to rebuild from scratch here.
+            live_v = {s: list(self._vals[s]) for s in order}
+            live_t = {s: list(self._stamps[s]) for s in order}
+            self._clear_lists()
+            fseen: set[int] = set()
+            forder: list[int] = []
+            n = 0
+            for path, _inode, parsed in frozen:
+                got = self._read_file(path, parsed)
+                if got:
+                    n += 1
+                    self._take(got, fseen, forder)
+            self._frozen = [(s, list(self._vals[s]), list(self._stamps[s])) for s in forder]
+            self._frozen_key = key
+            self._frozen_files = n
+            self._clear_lists()
+            for s in order:
+                self._vals[s].extend(live_v[s])
+                self._stamps[s].extend(live_t[s])
+        for slot, vs, ts in self._frozen:
+            if slot not in seen:
+                seen.add(slot)
+                order.append(slot)
+            self._vals[slot].extend(vs)
+            if ts:
+                self._stamps[slot].extend(ts)
+        if len(self._dead) > 4 * len(frozen) + 1024:
+            self._dead = {p.ident for _, _, p in frozen if p.ident in self._dead}
+        return self._frozen_files
 
     def _slots_for(self, layout: dbfile.Layout, parsed: names.DbName) -> tuple[int, ...]:
         """Map each value of a file to a series slot (kind and gauge mode included)."""
@@ -257,6 +341,8 @@ class DirectoryCollector:
         self._tapp.clear()
         for layout in self._layouts.values():
             layout.slots = layout.vapp = layout.tapp = None
+        self._frozen_key = None
+        self._frozen = []
 
     def _warn_once(self, path: str, exc: Exception) -> None:
         key = (path, str(exc))
