@@ -1,0 +1,196 @@
+"""Issue #3 acceptance under real servers: recycling, SIGKILLs and a reload mid-load.
+
+Load comes from a few client threads; the main thread scrapes /metrics every ~40 answered
+requests, strictly one after another, so "never decreases between consecutive scrapes" is
+a property of the server. Workers are SIGKILLed by pid (children of the master we started).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import servers
+
+WORKERS = 4
+BOUND = 8 * WORKERS + 32
+VIEW = "django_http_requests_total_by_view_transport_method_total"
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def monotone_samples(text: str) -> dict:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.type in ("counter", "histogram"):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class Load:
+    """Bounded load: ``total`` GETs from ``threads`` threads, counting ok and failed."""
+
+    def __init__(self, srv: servers.Server, total: int, threads: int = 3) -> None:
+        self.srv, self.total = srv, total
+        self.sent = 0
+        self.ok = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.sent >= self.total:
+                    return
+                self.sent += 1
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.srv.port, timeout=20)
+                conn.request("GET", "/api/sites/")
+                status = conn.getresponse().status
+                conn.close()
+                good = status == 200
+            except OSError:
+                good = False
+            with self.lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+
+    def done(self) -> int:
+        with self.lock:
+            return self.ok + self.failed
+
+
+def soak(srv: servers.Server, total: int, reload_fn, kill_every: int = 300) -> None:
+    rng = random.Random(7)
+    load = Load(srv, total)
+    for t in load.threads:
+        t.start()
+    prev: dict = {}
+    scrapes = 0
+    next_scrape, next_kill, reloaded = 40, kill_every, False
+    killed: list[int] = []
+    deadline = time.monotonic() + 300
+    while load.done() < total and time.monotonic() < deadline:
+        n = load.done()
+        if n >= next_kill:
+            victims = children(srv.pid)
+            if victims:
+                victim = rng.choice(victims)
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+            next_kill += kill_every
+        if not reloaded and n >= total // 2:
+            reload_fn()
+            reloaded = True
+        if n >= next_scrape:
+            next_scrape = n + 40
+            prev = check_scrape(srv, prev)
+            scrapes += 1
+        time.sleep(0.005)
+    for t in load.threads:
+        t.join(60)
+    assert load.done() == total, f"load did not finish: {load.done()} of {total}"
+    assert scrapes >= total // 80 and killed and reloaded
+    # Final: every answered request is counted; only requests cut off by a kill are in doubt.
+    final = wait_settled(srv, prev)
+    counted = final.get(
+        (VIEW, (("method", "GET"), ("transport", "http"), ("view", "site-list"))), 0
+    )
+    counted -= 1  # the readiness probe
+    assert load.ok <= counted <= load.ok + load.failed, (load.ok, load.failed, counted)
+    assert load.failed <= len(killed) * 3 + 5, f"too many failures: {load.failed}"
+    # A killed worker's live gauges are gone once it is replaced (folded, never served).
+    mp = srv.metrics_dir
+    for pid in killed:
+        left = [f for f in os.listdir(mp) if f.split("_")[-1].startswith(f"{pid}-")]
+        assert not [f for f in left if "_live" in f], (pid, left)
+    text = srv.get("/metrics")[2].decode()
+    up = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "netpoint_worker_up"
+    ]
+    assert up and up[0] <= len(children(srv.pid)), up
+
+
+def check_scrape(srv: servers.Server, prev: dict) -> dict:
+    status, _, body = srv.get("/metrics")
+    assert status == 200, (status, body[:300], srv.log_tail())
+    cur = monotone_samples(body.decode())
+    dips = [(k, prev[k], v) for k, v in cur.items() if k in prev and v < prev[k]]
+    assert not dips, f"samples went down: {dips[:5]}"
+    gone = [k for k in prev if k not in cur]
+    assert not gone, f"series vanished: {gone[:5]}"
+    files = [f for f in os.listdir(srv.metrics_dir) if f.endswith(".db")]
+    assert len(files) < BOUND, f"{len(files)} .db files: {sorted(files)[:20]}"
+    return cur
+
+
+def wait_settled(srv: servers.Server, prev: dict, timeout: float = 30.0) -> dict:
+    """Scrape until two consecutive scrapes agree on the site-list counter."""
+    deadline = time.monotonic() + timeout
+    last = check_scrape(srv, prev)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        cur = check_scrape(srv, last)
+        key = (VIEW, (("method", "GET"), ("transport", "http"), ("view", "site-list")))
+        if cur.get(key) == last.get(key):
+            return cur
+        last = cur
+    return last
+
+
+def test_gunicorn_recycle_kill_hup(tmp_path: Path) -> None:
+    env = servers.base_env(tmp_path, NETPOINT_MAX_REQUESTS="20")
+    srv = servers.start_gunicorn(tmp_path, env=env, workers=WORKERS)
+    try:
+        soak(srv, 1600, lambda: os.kill(srv.pid, signal.SIGHUP))
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("reload_cmd", [b"r", b"c"], ids=["graceful", "chain"])
+def test_uwsgi_recycle_kill_reload(tmp_path: Path, reload_cmd: bytes) -> None:
+    fifo = tmp_path / "master.fifo"
+    env = servers.base_env(
+        tmp_path,
+        NETPOINT_MAX_REQUESTS="20",
+        NETPOINT_MIN_WORKER_LIFETIME="0",
+        NETPOINT_MASTER_FIFO=str(fifo),
+    )
+    srv = servers.start_uwsgi(tmp_path, env=env, workers=WORKERS)
+
+    def reload() -> None:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, reload_cmd)
+        finally:
+            os.close(fd)
+
+    try:
+        soak(srv, 1200, reload)
+    finally:
+        srv.stop()
