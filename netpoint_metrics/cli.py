@@ -84,13 +84,22 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    result = archive.fold(_dir(args), wait=True, timeout=args.timeout)
-    if result.busy:
-        print("directory stayed locked; nothing folded", file=sys.stderr)
-        return 1
+    path = _dir(args)
+    folded, corrupt, seconds, generation = 0, 0, 0.0, 0
+    for _ in range(10_000):  # batches; bounded
+        result = archive.fold(path, wait=True, timeout=args.timeout)
+        if result.busy:
+            print("directory stayed locked; stopping", file=sys.stderr)
+            return 1
+        folded += len(result.folded)
+        corrupt += len(result.corrupt)
+        seconds += result.seconds
+        generation = result.generation
+        if not result.more:
+            break
     print(
-        f"folded {len(result.folded)} dead process(es) into generation {result.generation} "
-        f"in {result.seconds * 1000:.1f} ms; {len(result.corrupt)} unreadable file(s) set aside"
+        f"folded {folded} dead process(es) into generation {generation} "
+        f"in {seconds * 1000:.1f} ms; {corrupt} unreadable file(s) set aside"
     )
     return 0
 

@@ -84,13 +84,15 @@ def post_fork(server: Any, worker: Any) -> None:
 def pre_fork(server: Any, worker: Any) -> None:
     path = _dir()
     if path and getattr(server, "_netpoint_fold_pending", False):
-        server._netpoint_fold_pending = lifecycle.worker_died(path).busy
+        result = lifecycle.worker_died(path)
+        server._netpoint_fold_pending = result.busy or result.more
 
 
 def child_exit(server: Any, worker: Any) -> None:
     path = _dir()
     if path:
-        server._netpoint_fold_pending = lifecycle.worker_died(path).busy
+        result = lifecycle.worker_died(path)
+        server._netpoint_fold_pending = result.busy or result.more
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -292,3 +292,20 @@ def test_unreadable_file_keeps_its_process_unfolded(tmp_path, monkeypatch) -> No
     assert archive.fold(d).folded == [p.ident]
     got = samples(DirectoryCollector(d).collect())
     assert got[("c_total", (("view", "x"),))] == 2 and got[("h_sum", ())] == 1.5
+
+
+def test_a_backlog_is_folded_in_bounded_batches(tmp_path) -> None:
+    d = str(tmp_path)
+    for _ in range(25):
+        p = FakeProcess(d).start()
+        p.add("counter", K, 1)
+        p.kill()
+    c = DirectoryCollector(d)
+    r = archive.fold(d, max_ids=10)
+    assert len(r.folded) == 10 and r.more
+    assert samples(c.collect())[("c_total", (("view", "x"),))] == 25  # mid-backlog: exact
+    r = archive.fold(d, max_ids=10)
+    r = archive.fold(d, max_ids=10)
+    assert len(r.folded) == 5 and not r.more
+    assert samples(c.collect())[("c_total", (("view", "x"),))] == 25
+    assert db_files(d) == ["counter_archive-3.db"]

@@ -70,25 +70,36 @@ class FoldResult:
     cleaned: int = 0
     generation: int = 0
     seconds: float = 0.0
+    more: bool = False
 
 
-def fold(directory: str, *, wait: bool = False, timeout: float = 10.0) -> FoldResult:
-    """Fold every dead process's files into the archives.
+#: Most dead processes one fold takes. A fold holds the exclusive lock, so scrapes wait for
+#: it; a backlog (a directory inherited from the stock recipe, a long lock outage) is
+#: worked off over several folds instead of one multi-second hold. Readers count unfolded
+#: dead processes correctly meanwhile.
+MAX_IDS_PER_FOLD = 200
+
+
+def fold(
+    directory: str, *, wait: bool = False, timeout: float = 10.0, max_ids: int = MAX_IDS_PER_FOLD
+) -> FoldResult:
+    """Fold up to ``max_ids`` dead processes' files into the archives.
 
     With ``wait=False`` (what a server master uses) it returns at once with
     ``busy=True`` if a scrape or another fold holds the lock; the caller retries later.
+    ``result.more`` says dead processes were left for the next fold.
     """
     t0 = time.perf_counter()
     ctx = lock.exclusive(directory, timeout) if wait else lock.exclusive_nowait(directory)
     with ctx as held:
         if not held:
             return FoldResult(busy=True)
-        result = _fold_locked(directory)
+        result = _fold_locked(directory, max_ids)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _fold_locked(directory: str) -> FoldResult:
+def _fold_locked(directory: str, max_ids: int) -> FoldResult:
     result = FoldResult()
     man = manifest.load(directory)
     listing = dirmod.scan(directory)
@@ -124,6 +135,8 @@ def _fold_locked(directory: str) -> FoldResult:
     result.generation = man.generation
     if not dead:
         return result
+    if len(dead) > max_ids:
+        dead, result.more = dead[:max_ids], True
     # List again: a process alive at the first scan may have created more files before it
     # died. The dead create nothing, so this listing is complete for them.
     listing = dirmod.scan(directory)
