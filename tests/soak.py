@@ -48,9 +48,8 @@ def children(pid: int) -> list[int]:
     except OSError:
         return out
     for task in tasks:
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out.extend(int(x) for x in f.read().split())
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+            out.extend(int(x) for x in f.read().split())
     return sorted(set(out))
 
 
@@ -202,8 +201,7 @@ def files_of_pid(directory: str, pid: int) -> list[str]:
     prefix = f"{pid}-"
     out = []
     for name in os.listdir(directory):
-        stem = name[:-3] if name.endswith(".db") else name
-        stem = stem[:-5] if stem.endswith(".lock") else stem
+        stem = name.removesuffix(".db").removesuffix(".lock")
         ident = stem.rsplit("_", 1)[-1]
         if ident.startswith(prefix) or ident == str(pid):
             out.append(name)
