@@ -336,11 +336,11 @@ def test_thousand_recycles_keep_the_directory_the_same_size(tmp_path: Path) -> N
     env = servers.base_env(tmp_path, NETPOINT_MAX_REQUESTS="2", NETPOINT_PRELOAD="1")
     srv = servers.start_gunicorn(tmp_path, env=env, workers=2)
     try:
-        for _ in range(20):
+        for _ in range(60):  # ~30 recycles first: archives exist, the live set is complete
             srv.get("/api/sites/")
-        check_scrape(srv, {})
+        wait_settled(srv, {})
         at_start = len([f for f in os.listdir(srv.metrics_dir) if f.endswith(".db")])
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 420
         sent = 0
         while sent < 2000 and time.monotonic() < deadline:
             with contextlib.suppress(OSError):
@@ -349,7 +349,8 @@ def test_thousand_recycles_keep_the_directory_the_same_size(tmp_path: Path) -> N
         assert sent == 2000
         final = wait_settled(srv, {})
         at_end = len([f for f in os.listdir(srv.metrics_dir) if f.endswith(".db")])
-        assert at_end <= at_start + 4, (at_start, at_end)  # same live set, same archives
+        # The same live set and the same archives: what a scrape reads does not grow.
+        assert abs(at_end - at_start) <= 6 and at_end < 8 * 2 + 32, (at_start, at_end)
         log = srv.log_tail(100000)
         recycles = log.count("Autorestarting worker")
         assert recycles >= 900, recycles
