@@ -9,7 +9,12 @@ property of the server, not of overlapping readers.
 Counting rules (see :class:`Tally`): a request that got a response was counted by the app;
 one that failed at connection level (refused, reset, cut off, timed out) *may* have been
 counted, if its worker was killed after django-prometheus incremented the counter. So the
-final counter must lie in ``[ok, ok + failed]``.
+final counter, minus what a scrape before the load showed, must lie in ``[ok, ok + failed]``.
+
+Live gauges of dead workers: the sample app's ``netpoint_worker_up`` (livesum, 1 per worker
+that served a request) and ``netpoint_http_requests_in_progress`` (livesum). A dead
+worker that was still counted would push the first above the number of live workers, and
+the second above 1 once the load is over (the final scrape is the only request in flight).
 
 Every wait here is a poll against a deadline; every loop is bounded in count and time.
 Processes are only ever signalled by pid, and only pids under a master the test started.
@@ -17,7 +22,6 @@ Processes are only ever signalled by pid, and only pids under a master the test 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import random
@@ -32,6 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families
 #: Metric families whose samples may never go down.
 MONOTONE_TYPES = frozenset({"counter", "histogram", "summary"})
 MONOTONE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+WORKER_UP = "netpoint_worker_up"
+IN_PROGRESS = "netpoint_http_requests_in_progress"
 
 LabelKey = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, LabelKey]
@@ -48,8 +54,11 @@ def children(pid: int) -> list[int]:
     except OSError:
         return out
     for task in tasks:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
-            out.extend(int(x) for x in f.read().split())
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue  # the thread or the process went away meanwhile
     return sorted(set(out))
 
 
@@ -64,9 +73,7 @@ def is_running(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-def wait_for(
-    predicate: Callable[[], object], timeout: float, what: str, *, interval: float = 0.02
-) -> object:
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     delay = 0.002
@@ -77,7 +84,7 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(delay)
-        delay = min(delay * 2, interval)
+        delay = min(delay * 2, 0.05)
 
 
 def send_signal(pid: int, sig: int) -> bool:
@@ -96,9 +103,9 @@ class HTTPFailure(Exception):
     """A request that got no complete response (connection-level failure)."""
 
 
-def http_get(host: str, port: int, path: str, timeout: float = 15.0) -> tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
     """One GET on a fresh connection; :class:`HTTPFailure` if no full response came back."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers={"Connection": "close"})
         resp = conn.getresponse()
@@ -140,43 +147,49 @@ class Tally:
 
 @dataclass
 class Scrape:
-    """One parsed /metrics response and the directory as it was right after it."""
+    """One parsed /metrics response, the directory right after it, and the live workers."""
 
     index: int
     monotone: dict[SeriesKey, float]
-    gauges: list[tuple[str, dict[str, str], float]]
+    gauges: dict[SeriesKey, float]
     db_files: list[str]
-    text: str
+    workers: set[int]  # workers alive just before or just after the scrape
 
     @property
     def db_count(self) -> int:
         return len(self.db_files)
 
     def total(self, sample: str, **labels: str) -> float:
-        """Sum of ``sample`` over every series whose labels include ``labels``."""
-        want = set(labels.items())
-        return sum(
-            v for (name, lk), v in self.monotone.items() if name == sample and want <= set(lk)
-        )
+        """Sum of counter/histogram ``sample`` over series whose labels include ``labels``."""
+        return _sum(self.monotone, sample, labels)
 
-    def gauge_pids(self) -> set[str]:
-        """Every ``pid`` label on a gauge sample: the idents of live-per-process gauges."""
-        return {labels["pid"] for _, labels, _ in self.gauges if "pid" in labels}
+    def gauge(self, sample: str, **labels: str) -> float:
+        return _sum(self.gauges, sample, labels)
 
 
-def parse_metrics(text: str) -> tuple[dict[SeriesKey, float], list]:
+def _sum(series: dict[SeriesKey, float], sample: str, labels: dict[str, str]) -> float:
+    want = set(labels.items())
+    return sum(v for (name, lk), v in series.items() if name == sample and want <= set(lk))
+
+
+def parse_metrics(text: str) -> tuple[dict[SeriesKey, float], dict[SeriesKey, float]]:
+    """(monotone samples, gauge samples) of a text exposition; a duplicate series fails."""
     monotone: dict[SeriesKey, float] = {}
-    gauges: list[tuple[str, dict[str, str], float]] = []
+    gauges: dict[SeriesKey, float] = {}
     for family in text_string_to_metric_families(text):
+        if family.type in MONOTONE_TYPES:
+            target = monotone
+        elif family.type == "gauge":
+            target = gauges
+        else:
+            continue
         for s in family.samples:
-            if family.type in MONOTONE_TYPES:
-                if s.name.endswith(MONOTONE_SUFFIXES):
-                    key = (s.name, tuple(sorted(s.labels.items())))
-                    if key in monotone:
-                        raise AssertionError(f"series {key} appears twice in one scrape")
-                    monotone[key] = s.value
-            elif family.type == "gauge":
-                gauges.append((s.name, dict(s.labels), s.value))
+            if target is monotone and not s.name.endswith(MONOTONE_SUFFIXES):
+                continue
+            key = (s.name, tuple(sorted(s.labels.items())))
+            if key in target:
+                raise AssertionError(f"series {key} appears twice in one scrape")
+            target[key] = s.value
     return monotone, gauges
 
 
@@ -198,12 +211,10 @@ def decreases(prev: Scrape, cur: Scrape) -> list[str]:
 
 def files_of_pid(directory: str, pid: int) -> list[str]:
     """Value files and leases in ``directory`` whose identifier belongs to ``pid``."""
-    prefix = f"{pid}-"
     out = []
     for name in os.listdir(directory):
-        stem = name.removesuffix(".db").removesuffix(".lock")
-        ident = stem.rsplit("_", 1)[-1]
-        if ident.startswith(prefix) or ident == str(pid):
+        ident = name.removesuffix(".db").removesuffix(".lock").rsplit("_", 1)[-1]
+        if ident.split("-", 1)[0] == str(pid):
             out.append(name)
     return out
 
@@ -215,7 +226,7 @@ def files_of_pid(directory: str, pid: int) -> list[str]:
 class Event:
     at: int  # run once this many requests have completed
     name: str
-    action: Callable[[Soak], None]
+    action: Callable[[Soak], object]
 
 
 class Soak:
@@ -223,9 +234,8 @@ class Soak:
 
     def __init__(
         self,
-        host: str,
         port: int,
-        directory: str,
+        directory: str | os.PathLike,
         *,
         path: str,
         total: int,
@@ -234,9 +244,10 @@ class Soak:
         threads: int = 3,
         scrape_every: int = 40,
         time_limit: float = 120.0,
-        seed: int | None = None,
+        seed: int = 0,
+        log_tail: Callable[[], str] = lambda: "",
     ) -> None:
-        self.host, self.port, self.directory = host, port, directory
+        self.port, self.directory = port, os.fspath(directory)
         self.path = path
         self.total = total
         self.workers = workers
@@ -245,17 +256,19 @@ class Soak:
         self.scrape_every = scrape_every
         self.time_limit = time_limit
         self.rng = random.Random(seed)
+        self.log_tail = log_tail
         self.api = Tally()
-        self.metrics = Tally()  # the /metrics requests, which the app counts too
+        self.metrics = Tally()  # the /metrics requests
         self.scrapes: list[Scrape] = []
-        self.problems: list[str] = []  # monotonicity and bound violations, in order
+        self.problems: list[str] = []  # monotonicity, bound and live-gauge violations
         self.killed: list[int] = []
         self.log: list[str] = []
+        self.baseline: Scrape | None = None
         self._tickets = iter(range(total))
         self._tickets_lock = threading.Lock()
         self._stop = threading.Event()
+        self._scrape_lock = threading.Lock()
         self.t0 = time.monotonic()
-        self.baseline: Scrape | None = None
 
     # -- load -----------------------------------------------------------------------------
 
@@ -266,7 +279,7 @@ class Soak:
             if ticket is None:
                 return
             try:
-                status, body = http_get(self.host, self.port, self.path)
+                status, body = http_get(self.port, self.path)
             except HTTPFailure as exc:
                 self.api.record(None, str(exc))
                 time.sleep(0.005)  # a dying worker: do not spin on it
@@ -275,71 +288,77 @@ class Soak:
 
     # -- scrapes --------------------------------------------------------------------------
 
-    def scrape(self, *, check: bool = True) -> Scrape | None:
-        """Scrape once (sequentially); check it against the previous good one."""
-        try:
-            status, body = http_get(self.host, self.port, "/metrics")
-        except HTTPFailure as exc:
-            self.metrics.record(None, str(exc))
-            return None
-        self.metrics.record(status, body[:300].decode("utf-8", "replace"))
-        if status != 200:
-            self.problems.append(f"scrape returned {status}")
-            return None
-        text = body.decode()
-        monotone, gauges = parse_metrics(text)
-        files = db_files(self.directory)
-        cur = Scrape(len(self.scrapes), monotone, gauges, files, text)
-        if check:
+    def scrape(self) -> Scrape | None:
+        """Scrape once; check it against the previous good one. None on a connection-level
+        failure (recorded); a non-200 answer is recorded as a problem."""
+        with self._scrape_lock:  # scrapes never overlap each other
+            before = set(self.workers())
+            try:
+                status, body = http_get(self.port, "/metrics")
+            except HTTPFailure as exc:
+                self.metrics.record(None, str(exc))
+                return None
+            files = db_files(self.directory)
+            live = before | set(self.workers())
+            self.metrics.record(status, body[:300].decode("utf-8", "replace"))
+            if status != 200:
+                self.problems.append(
+                    f"scrape {len(self.scrapes)} answered {status}: {body[:200]!r}"
+                )
+                return None
+            monotone, gauges = parse_metrics(body.decode())
+            cur = Scrape(len(self.scrapes), monotone, gauges, files, live)
             if self.scrapes:
                 for d in decreases(self.scrapes[-1], cur):
                     self.problems.append(f"scrape {cur.index}: {d}")
             if cur.db_count >= self.db_bound:
                 self.problems.append(
-                    f"scrape {cur.index}: {cur.db_count} .db files >= bound {self.db_bound}"
+                    f"scrape {cur.index}: {cur.db_count} .db files >= bound {self.db_bound}: "
+                    f"{files}"
                 )
-        self.scrapes.append(cur)
-        return cur
+            up = cur.gauge(WORKER_UP)
+            if up > len(live):
+                self.problems.append(
+                    f"scrape {cur.index}: {WORKER_UP}={up} but only {len(live)} live workers "
+                    f"{sorted(live)}: a dead worker's live gauge is still served"
+                )
+            self.scrapes.append(cur)
+            return cur
 
     def scrape_ok(self, attempts: int = 20) -> Scrape:
-        """A scrape that must succeed (retried only on connection-level failures)."""
+        """A scrape that must succeed; retried only after connection-level failures."""
         for _ in range(attempts):
+            n_problems = len(self.problems)
             s = self.scrape()
             if s is not None:
                 return s
-            if self.problems and self.problems[-1].startswith("scrape returned"):
-                break
+            if len(self.problems) > n_problems:
+                break  # it answered, but not 200
             time.sleep(0.05)
-        raise AssertionError(f"no successful scrape; problems: {self.problems[-3:]}")
+        raise AssertionError(
+            f"no successful scrape; problems: {self.problems[-3:]}; "
+            f"errors: {self.metrics.errors[-3:]}\n{self.log_tail()}"
+        )
 
     # -- events ---------------------------------------------------------------------------
 
-    def kill_random_worker(self, *, wait_replaced: bool = True, expect: int | None = None) -> int:
-        """SIGKILL a random worker; wait until it is gone (and replaced), then verify that
-        its live gauges are no longer served."""
-        before = self.scrape_ok()
+    def kill_random_worker(self, expect: int) -> int:
+        """SIGKILL a random worker, wait until ``expect`` workers serve again, then check
+        the dead one's live gauges are no longer served and earlier victims are folded."""
+        self.check_victims_cleaned(self.killed)
         pids = self.workers()
         assert pids, "no worker to kill"
-        # Prefer a worker whose per-process gauges the last scrape showed, so that their
-        # disappearance is a real observation.
-        shown = {int(p.split("-", 1)[0]) for p in before.gauge_pids() if p[:1].isdigit()}
-        candidates = [p for p in pids if p in shown] or pids
-        self.check_victims_cleaned(self.killed)
-        victim = self.rng.choice(candidates)
-        self.log.append(f"{self.elapsed():.1f}s kill {victim} (shown={victim in shown})")
+        victim = self.rng.choice(pids)
+        self.log.append(f"{self.elapsed():.1f}s kill {victim}")
         send_signal(victim, signal.SIGKILL)
         self.killed.append(victim)
         wait_for(lambda: not is_running(victim), 10, f"killed worker {victim} to be gone")
-        if wait_replaced and expect is not None:
-            wait_for(
-                lambda: len([p for p in self.workers() if p != victim]) >= expect,
-                30,
-                f"worker {victim} to be replaced ({expect} workers)",
-            )
-        after = self.scrape_ok()
-        stale = {p for p in after.gauge_pids() if p.split("-", 1)[0] == str(victim)}
-        if stale:
-            self.problems.append(f"killed worker {victim}: its gauges still served: {stale}")
+        wait_for(
+            lambda: len(self.workers()) >= expect,
+            30,
+            f"worker {victim} to be replaced ({expect} workers)",
+        )
+        self.scrape_ok()  # checks netpoint_worker_up against the live workers
         return victim
 
     def check_victims_cleaned(self, victims: Iterable[int]) -> None:
@@ -349,10 +368,44 @@ class Soak:
             if left:
                 self.problems.append(f"killed worker {pid}: files left after folds: {left}")
 
+    def scrape_kill_race(self, rounds: int, expect: int) -> dict[str, int]:
+        """Start a scrape and SIGKILL a random worker while it runs, ``rounds`` times.
+
+        A scrape may fail at connection level (its own worker died); it must never answer
+        anything but 200, and every 200 must be monotone against the previous one.
+        """
+        stats = {"rounds": 0, "in_flight": 0, "answered": 0, "cut": 0}
+        for _ in range(rounds):
+            pids = self.workers()
+            assert pids, "no worker to kill"
+            victim = self.rng.choice(pids)
+            answered = len(self.scrapes)
+            cut = self.metrics.failed
+            th = threading.Thread(target=self.scrape, name="race-scrape", daemon=True)
+            th.start()
+            time.sleep(self.rng.uniform(0.0005, 0.004))
+            in_flight = th.is_alive()
+            send_signal(victim, signal.SIGKILL)
+            self.killed.append(victim)
+            th.join(30)
+            assert not th.is_alive(), "a scrape hung for 30s"
+            stats["rounds"] += 1
+            stats["in_flight"] += in_flight
+            stats["answered"] += len(self.scrapes) - answered
+            stats["cut"] += self.metrics.failed - cut
+            wait_for(lambda v=victim: not is_running(v), 10, f"killed worker {victim} to be gone")
+            wait_for(lambda: len(self.workers()) >= expect, 30, f"{expect} workers again")
+        self.log.append(f"{self.elapsed():.1f}s race {stats}")
+        return stats
+
     # -- run ------------------------------------------------------------------------------
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
+
+    def stop_load(self) -> None:
+        """Let the client threads finish their current request and stop."""
+        self._stop.set()
 
     def run(self, events: Iterable[Event] = ()) -> Scrape:
         """Run the load to completion with scrapes and events; return the final scrape."""
@@ -374,7 +427,7 @@ class Soak:
                     raise AssertionError(
                         f"soak did not finish in {self.time_limit:.0f}s: "
                         f"{self.api.done}/{self.total} requests; events left "
-                        f"{[e.name for e in pending]}; log {self.log}"
+                        f"{[e.name for e in pending]}; log {self.log}\n{self.log_tail()}"
                     )
                 done = self.api.done
                 if done >= next_scrape:
@@ -393,48 +446,57 @@ class Soak:
             for t in clients:
                 t.join(timeout=30)
         assert not any(t.is_alive() for t in clients), "client threads did not stop"
-        for event in pending:  # load finished before these: still run them, in order
-            self.log.append(f"{self.elapsed():.1f}s @end {event.name}")
-            event.action(self)
+        assert not pending, f"events never ran: {[e.name for e in pending]}"
+        self.log.append(f"{self.elapsed():.1f}s load done")
         return self.scrape_ok()
 
     # -- final assertions -----------------------------------------------------------------
 
-    def assert_exact(
-        self,
-        final: Scrape,
-        view: str,
-        *,
-        min_ok_fraction: float = 0.9,
-        max_failed: int | None = None,
-    ) -> None:
-        """The common acceptance checks on a finished soak."""
+    def report(self) -> str:
         api = self.api
-        report = (
+        return (
             f"ok={api.ok} failed={api.failed} bad={len(api.bad)} scrapes={len(self.scrapes)} "
             f"metrics ok/failed={self.metrics.ok}/{self.metrics.failed} killed={self.killed} "
             f"errors={api.errors[:5]} log={self.log}"
         )
-        assert not api.bad, f"non-200 API responses: {api.bad[:5]}; {report}"
+
+    def assert_clean(self) -> None:
+        """No scrape answered non-200, dipped, broke the file bound or served a dead
+        worker's live gauge; no API request answered non-200."""
+        report = self.report()
+        assert not self.api.bad, f"non-200 API responses: {self.api.bad[:5]}; {report}"
         assert not self.metrics.bad, f"non-200 scrapes: {self.metrics.bad[:5]}; {report}"
         assert not self.problems, "\n".join(self.problems[:20]) + f"\n{report}"
-        assert api.done == self.total, report
-        assert api.ok >= min_ok_fraction * self.total, f"too many failed requests; {report}"
-        if max_failed is not None:
-            assert api.failed <= max_failed, f"more failures than kills explain; {report}"
-        # Every request that got a response was counted once; a failed one maybe.
+
+    def assert_exact(self, final: Scrape, view: str, *, complete: bool = True) -> None:
+        """The acceptance checks on a finished soak: clean, every answer counted exactly
+        once (cut-off requests maybe), and no dead worker's live gauge in the final scrape.
+        """
+        self.assert_clean()
+        api = self.api
+        report = self.report()
+        if complete:
+            assert api.done == self.total, report
+        assert api.ok >= 0.9 * api.done, f"too many failed requests; {report}"
+        # A connection-level failure needs a worker that died mid-request: kills, or a
+        # quick shutdown. Allow a few per kill (there are few client threads).
+        assert api.failed <= 3 * len(self.killed) + 5, f"more failures than kills; {report}"
+        assert self.baseline is not None
         for sample, labels in (
             ("django_http_requests_total_by_view_transport_method_total", {"view": view}),
             ("django_http_responses_total_by_status_view_method_total", {"view": view}),
             ("django_http_requests_latency_seconds_by_view_method_count", {"view": view}),
+            ("netpoint_api_requests_total", {"endpoint": view, "status": "200"}),
         ):
-            got = final.total(sample, **labels)
-            if self.baseline is not None:
-                got -= self.baseline.total(sample, **labels)
+            got = final.total(sample, **labels) - self.baseline.total(sample, **labels)
             assert api.ok <= got <= api.ok + api.failed, (
-                f"{sample}{labels} = {got}, expected in [{api.ok}, {api.ok + api.failed}]; "
-                f"{report}"
+                f"{sample}{labels} grew by {got}, expected in [{api.ok}, "
+                f"{api.ok + api.failed}]; {report}"
             )
+        # The load is over: the final scrape is the only request in progress, anywhere.
+        in_progress = final.gauge(IN_PROGRESS)
+        assert in_progress == 1, f"{IN_PROGRESS}={in_progress} after the load; {report}"
+        up = final.gauge(WORKER_UP)
+        assert 1 <= up <= len(final.workers), (up, sorted(final.workers), report)
         assert final.db_count < self.db_bound, (final.db_count, self.db_bound)
-        # Scrapes that were checked: at least one per scrape_every requests, roughly.
-        assert len(self.scrapes) >= self.total // self.scrape_every // 2, report
+        assert len(self.scrapes) >= api.done // self.scrape_every // 2, report
