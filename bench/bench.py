@@ -493,6 +493,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--only", nargs="*", default=["b2", "b4", "b1", "b3"], choices=["b1", "b2", "b3", "b4"]
     )
+    ap.add_argument("--into", type=Path, help="merge these parts into an existing results file")
     args = ap.parse_args(argv)
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -500,9 +501,20 @@ def main(argv=None) -> int:
         "machine": machine(),
     }
     fns = {"b1": b1, "b2": b2, "b3": b3_mem, "b4": b4}
+    if args.into:  # re-run some parts (e.g. on a quieter machine) into an earlier run
+        result = json.loads(args.into.read_text())
+        result.setdefault("reruns", []).append(
+            {
+                "parts": args.only,
+                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "mode": "quick" if args.quick else "full",
+            }
+        )
     out = (
         ROOT / "bench" / "results" / f"{result['date'][:19].replace(':', '')}-{result['mode']}.json"
     )
+    if args.into:
+        out = args.into
     for name in args.only:
         t0 = time.perf_counter()
         result[name] = fns[name](args.quick)

@@ -34,6 +34,11 @@ def table(r: dict, source: str) -> str:
         f"uWSGI {v.get('uwsgi')}. Shared, noisy machine: compare within a row.",
         "",
     ]
+    for rr in r.get("reruns", []):
+        out += [
+            f"Parts {', '.join(rr['parts'])} re-run {rr['date']} ({rr['mode']} mode) on a quieter machine.",
+            "",
+        ]
     if "b1" in r:
         pts = r["b1"]["points"]
         out += [
