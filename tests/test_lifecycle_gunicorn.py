@@ -64,11 +64,11 @@ def test_recycle_sigkill_and_hup_keep_counts_exact(tmp_path: Path) -> None:
     srv = start(tmp_path, 4, NETPOINT_MAX_REQUESTS="20")
     try:
         wait_workers(srv.pid, 4)
-        soak = soak_for(srv, 2400, lambda: children(srv.pid), bound(4), seed=11)
-        hup = Event(1200, "HUP", lambda s: send_signal(srv.pid, signal.SIGHUP))
-        final = soak.run([*kills(2400, 300, lambda: 4), hup])
+        soak = soak_for(srv, 2000, lambda: children(srv.pid), bound(4), seed=11)
+        hup = Event(1000, "HUP", lambda s: send_signal(srv.pid, signal.SIGHUP))
+        final = soak.run([*kills(2000, 300, lambda: 4), hup])
         soak.assert_exact(final, VIEW)
-        assert len(soak.killed) >= 7
+        assert len(soak.killed) >= 6
         # ~120 recycles happened, yet the directory is the live set plus the archives.
         assert srv.log_tail(10**6).count("Autorestarting worker") >= 80
     finally:
@@ -93,12 +93,12 @@ def test_ttin_ttou_scale_keeps_counts_exact(tmp_path: Path) -> None:
 
     try:
         wait_workers(srv.pid, 4)
-        soak = soak_for(srv, 1800, lambda: children(srv.pid), bound(6), seed=12)
+        soak = soak_for(srv, 1500, lambda: children(srv.pid), bound(6), seed=12)
         final = soak.run(
             [
-                *kills(1800, 300, lambda: size["n"]),
-                Event(450, "TTIN x2", scale((5, 6), signal.SIGTTIN)),
-                Event(1050, "TTOU x3", scale((5, 4, 3), signal.SIGTTOU)),
+                *kills(1500, 300, lambda: size["n"]),
+                Event(400, "TTIN x2", scale((5, 6), signal.SIGTTIN)),
+                Event(900, "TTOU x3", scale((5, 4, 3), signal.SIGTTOU)),
             ]
         )
         soak.assert_exact(final, VIEW)
@@ -139,8 +139,8 @@ def test_usr2_upgrade_then_quit_old_master_keeps_counts_exact(tmp_path: Path) ->
 
     try:
         wait_workers(srv.pid, 4)
-        soak = soak_for(srv, 1800, workers, bound(4), seed=13)
-        final = soak.run([*kills(1800, 300, lambda: 4), Event(800, "USR2", upgrade)])
+        soak = soak_for(srv, 1500, workers, bound(4), seed=13)
+        final = soak.run([*kills(1500, 300, lambda: 4), Event(700, "USR2", upgrade)])
         soak.assert_exact(final, VIEW)
         assert len(state["masters"]) == 1 and state["masters"][0] != srv.pid
         assert "inherited from another master" in srv.log_tail(10**6)
@@ -156,9 +156,9 @@ def test_preload_app_keeps_counts_exact(tmp_path: Path) -> None:
     srv = start(tmp_path, 4, NETPOINT_MAX_REQUESTS="20", NETPOINT_PRELOAD="1")
     try:
         wait_workers(srv.pid, 4)
-        soak = soak_for(srv, 2000, lambda: children(srv.pid), bound(4), seed=14)
-        hup = Event(1000, "HUP", lambda s: send_signal(srv.pid, signal.SIGHUP))
-        final = soak.run([*kills(2000, 400, lambda: 4), hup])
+        soak = soak_for(srv, 1500, lambda: children(srv.pid), bound(4), seed=14)
+        hup = Event(750, "HUP", lambda s: send_signal(srv.pid, signal.SIGHUP))
+        final = soak.run([*kills(1500, 400, lambda: 4), hup])
         soak.assert_exact(final, VIEW)
     finally:
         srv.stop()
@@ -187,21 +187,25 @@ def test_worker_killed_during_scrape_never_fails_or_dips_it(tmp_path: Path) -> N
 
 
 def test_thousand_recycles_leave_the_directory_the_size_of_none(tmp_path: Path) -> None:
-    """Scrape cost follows the number of files; after ~1,000 recycles (max_requests=2)
-    there are as many as after none: the live workers', the master's and the archives."""
-    srv = start(tmp_path, 2, NETPOINT_MAX_REQUESTS="2", NETPOINT_PRELOAD="1")
+    """Scrape cost follows the number of files; after 1,000 recycles (max_requests=1: every
+    request ends its worker) there are as many as after none: the live workers', the
+    master's and one archive per kind."""
+    srv = start(tmp_path, 2, NETPOINT_MAX_REQUESTS="1", NETPOINT_PRELOAD="1")
     try:
         wait_workers(srv.pid, 2)
-        soak = soak_for(srv, 2000, lambda: children(srv.pid), bound(2), threads=2, seed=16)
+        soak = soak_for(
+            srv, 1000, lambda: children(srv.pid), bound(2), threads=2, seed=16, time_limit=300
+        )
         final = soak.run()
         soak.assert_exact(final, VIEW)
         recycles = srv.log_tail(10**6).count("Autorestarting worker")
-        assert recycles >= 900, recycles
+        assert recycles >= 1000, recycles
         at_start = soak.baseline.db_count
         counts = [s.db_count for s in soak.scrapes]
-        # Without folding each recycle would leave ~3 files: thousands. With it, every
-        # scrape saw the start's files, at most one archive per kind, and at most the
-        # files of the two workers just replaced that no fold has reached yet.
+        print(f"files at start {at_start}, during {counts}, recycles {recycles}")
+        # Without folding each recycle would leave its files behind: thousands by now.
+        # With it, every scrape saw the start's files, at most one archive per kind, and
+        # at most the files of the two workers just replaced that no fold has reached yet.
         archives = {f.split("_archive")[0] for f in final.db_files if "_archive-" in f}
         assert max(counts) <= at_start + len(archives) + 2 * 3, (at_start, counts)
         assert final.db_count <= at_start + len(archives) + 2 * 3, final.db_files

@@ -148,12 +148,12 @@ def test_lazy_apps_keep_counts_exact(tmp_path: Path) -> None:
         NETPOINT_TOUCH_CHAIN_RELOAD=str(touch),
     )
     try:
-        soak = soak_for(srv, 1000, seed=22)
+        soak = soak_for(srv, 800, seed=22)
         final = soak.run(
             [
-                *kills(1000, 250),
-                Event(350, "graceful reload (HUP)", graceful_reload(srv)),
-                Event(650, "chain reload (touch)", touch_chain_reload(srv, touch)),
+                *kills(800, 250),
+                Event(300, "graceful reload (HUP)", graceful_reload(srv)),
+                Event(550, "chain reload (touch)", touch_chain_reload(srv, touch)),
             ]
         )
         soak.assert_exact(final, VIEW)
