@@ -36,7 +36,7 @@ def table(r: dict, source: str) -> str:
     ]
     for rr in r.get("reruns", []):
         out += [
-            f"Parts {', '.join(rr['parts'])} re-run {rr['date']} ({rr['mode']} mode) on a quieter machine.",
+            f"Parts {', '.join(rr['parts'])} re-run {rr['date']} ({rr['mode']} mode).",
             "",
         ]
     if "b1" in r:
