@@ -198,19 +198,33 @@ def _start(kind: str, cmd: list[str], tmp_path: Path, env: dict[str, str], port:
     return server
 
 
+def start(
+    kind: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    workers: int = 4,
+) -> Server:
+    """Migrate a fresh database, then start ``kind`` with the repository's own config."""
+    env = dict(env or base_env(tmp_path))
+    port = free_port()
+    env.setdefault("NETPOINT_BIND", f"127.0.0.1:{port}")
+    env.setdefault("NETPOINT_WORKERS", str(workers))
+    migrate(env)
+    if kind == "gunicorn":
+        cmd = [binary("gunicorn"), "-c", str(ROOT / "gunicorn_conf.py")]
+    else:
+        cmd = [binary("uwsgi"), "--ini", str(ROOT / "uwsgi.ini")]
+    return _start(kind, [*cmd, *(extra_args or [])], tmp_path, env, port)
+
+
 def start_gunicorn(
     tmp_path: Path,
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     workers: int = 4,
 ) -> Server:
-    env = dict(env or base_env(tmp_path))
-    port = free_port()
-    env.setdefault("NETPOINT_BIND", f"127.0.0.1:{port}")
-    env.setdefault("NETPOINT_WORKERS", str(workers))
-    migrate(env)
-    cmd = [binary("gunicorn"), "-c", str(ROOT / "gunicorn_conf.py"), *(extra_args or [])]
-    return _start("gunicorn", cmd, tmp_path, env, port)
+    return start("gunicorn", tmp_path, env, extra_args, workers)
 
 
 def start_uwsgi(
@@ -219,13 +233,7 @@ def start_uwsgi(
     extra_args: list[str] | None = None,
     workers: int = 4,
 ) -> Server:
-    env = dict(env or base_env(tmp_path))
-    port = free_port()
-    env.setdefault("NETPOINT_BIND", f"127.0.0.1:{port}")
-    env.setdefault("NETPOINT_WORKERS", str(workers))
-    migrate(env)
-    cmd = [binary("uwsgi"), "--ini", str(ROOT / "uwsgi.ini"), *(extra_args or [])]
-    return _start("uwsgi", cmd, tmp_path, env, port)
+    return start("uwsgi", tmp_path, env, extra_args, workers)
 
 
 def parse_samples(text: str) -> dict[tuple[str, frozenset], float]:
