@@ -22,16 +22,20 @@ Processes are only ever signalled by pid, and only pids under a master the test 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from netpoint_metrics.core.names import LOCK_FILE
 
 #: Metric families whose samples may never go down.
 MONOTONE_TYPES = frozenset({"counter", "histogram", "summary"})
@@ -219,6 +223,17 @@ def files_of_pid(directory: str, pid: int) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def holding_folds(directory: str) -> Iterator[None]:
+    """Hold the directory lock shared, as a scrape does: scrapes go on, folds cannot."""
+    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 # -- the soak -------------------------------------------------------------------------------
 
 
@@ -262,6 +277,8 @@ class Soak:
         self.scrapes: list[Scrape] = []
         self.problems: list[str] = []  # monotonicity, bound and live-gauge violations
         self.killed: list[int] = []
+        #: Scrapes checked while a killed worker's live-gauge files were still on disk.
+        self.unfolded_checks = 0
         self.log: list[str] = []
         self.baseline: Scrape | None = None
         self._tickets = iter(range(total))
@@ -314,7 +331,7 @@ class Soak:
             if cur.db_count >= self.db_bound:
                 self.problems.append(
                     f"scrape {cur.index}: {cur.db_count} .db files >= bound {self.db_bound}: "
-                    f"{files}"
+                    f"{files[:12]}..."
                 )
             up = cur.gauge(WORKER_UP)
             if up > len(live):
@@ -342,23 +359,52 @@ class Soak:
 
     # -- events ---------------------------------------------------------------------------
 
-    def kill_random_worker(self, expect: int) -> int:
+    def kill_random_worker(self, expect: int, *, hold_folds: bool = False) -> int:
         """SIGKILL a random worker, wait until ``expect`` workers serve again, then check
-        the dead one's live gauges are no longer served and earlier victims are folded."""
+        the dead one's live gauges are no longer served and earlier victims are folded.
+
+        With ``hold_folds`` the test holds the directory's shared lock (as a slow scrape
+        would) from before the kill until every live worker has served, so no fold can
+        remove the dead worker's files: its live gauges must still not be served.
+        """
         self.check_victims_cleaned(self.killed)
         pids = self.workers()
         assert pids, "no worker to kill"
         victim = self.rng.choice(pids)
-        self.log.append(f"{self.elapsed():.1f}s kill {victim}")
-        send_signal(victim, signal.SIGKILL)
-        self.killed.append(victim)
-        wait_for(lambda: not is_running(victim), 10, f"killed worker {victim} to be gone")
-        wait_for(
-            lambda: len(self.workers()) >= expect,
-            30,
-            f"worker {victim} to be replaced ({expect} workers)",
-        )
-        self.scrape_ok()  # checks netpoint_worker_up against the live workers
+        self.log.append(f"{self.elapsed():.1f}s kill {victim} hold_folds={hold_folds}")
+        with holding_folds(self.directory) if hold_folds else contextlib.nullcontext():
+            send_signal(victim, signal.SIGKILL)
+            self.killed.append(victim)
+            wait_for(lambda: not is_running(victim), 10, f"killed worker {victim} to be gone")
+            wait_for(
+                lambda: len(self.workers()) >= expect,
+                30,
+                f"worker {victim} to be replaced ({expect} workers)",
+            )
+            if not hold_folds:
+                self.scrape_ok()  # checks netpoint_worker_up against the live workers
+                return victim
+            # Scrape until every live worker has served (netpoint_worker_up == expect) and
+            # for a second after: a dead worker still counted would show as one more than
+            # the live ones, which every scrape checks.
+            deadline = time.monotonic() + 30
+            settled = None
+            unfolded = False
+            while not self.problems:
+                unfolded |= any("_live" in f for f in files_of_pid(self.directory, victim))
+                s = self.scrape_ok()
+                now = time.monotonic()
+                if settled is None and s.gauge(WORKER_UP) >= expect:
+                    settled = now
+                if settled is not None and now - settled > 1.0:
+                    break
+                if now > deadline:
+                    self.problems.append(
+                        f"{WORKER_UP} stayed at {s.gauge(WORKER_UP)} < {expect} for 30s"
+                    )
+                    break
+                time.sleep(0.05)
+            self.unfolded_checks += unfolded
         return victim
 
     def check_victims_cleaned(self, victims: Iterable[int]) -> None:
@@ -429,6 +475,8 @@ class Soak:
                         f"{self.api.done}/{self.total} requests; events left "
                         f"{[e.name for e in pending]}; log {self.log}\n{self.log_tail()}"
                     )
+                if self.problems:  # fail fast: the rest of the run cannot undo it
+                    raise AssertionError("\n".join(self.problems[:10]) + "\n" + self.report())
                 done = self.api.done
                 if done >= next_scrape:
                     self.scrape()

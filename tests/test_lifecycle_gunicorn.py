@@ -52,10 +52,13 @@ def soak_for(srv: servers.Server, total: int, workers, db_bound: int, **kw) -> S
 
 
 def kills(soak_total: int, every: int, expect) -> list[Event]:
-    """A SIGKILL of a random worker every ``every`` requests (``expect()``: worker count)."""
+    """A SIGKILL of a random worker every ``every`` requests (``expect()``: worker count);
+    every other one while folds are held off, so the dead files are still there."""
     return [
-        Event(n, "kill", lambda s: s.kill_random_worker(expect()))
-        for n in range(every, soak_total - 50, every)
+        Event(
+            n, "kill", lambda s, hold=(i % 2 == 1): s.kill_random_worker(expect(), hold_folds=hold)
+        )
+        for i, n in enumerate(range(every, soak_total - 50, every))
     ]
 
 
@@ -68,7 +71,7 @@ def test_recycle_sigkill_and_hup_keep_counts_exact(tmp_path: Path) -> None:
         hup = Event(1000, "HUP", lambda s: send_signal(srv.pid, signal.SIGHUP))
         final = soak.run([*kills(2000, 300, lambda: 4), hup])
         soak.assert_exact(final, VIEW)
-        assert len(soak.killed) >= 6
+        assert len(soak.killed) >= 6 and soak.unfolded_checks >= 1
         # ~120 recycles happened, yet the directory is the live set plus the archives.
         assert srv.log_tail(10**6).count("Autorestarting worker") >= 80
     finally:

@@ -61,9 +61,12 @@ def soak_for(srv: servers.Server, total: int, **kw) -> Soak:
 
 
 def kills(total: int, every: int) -> list[Event]:
+    """A SIGKILL every ``every`` requests; every other one while folds are held off."""
     return [
-        Event(n, "kill", lambda s: s.kill_random_worker(WORKERS))
-        for n in range(every, total - 50, every)
+        Event(
+            n, "kill", lambda s, hold=(i % 2 == 1): s.kill_random_worker(WORKERS, hold_folds=hold)
+        )
+        for i, n in enumerate(range(every, total - 50, every))
     ]
 
 
@@ -130,6 +133,7 @@ def test_recycle_sigkill_graceful_and_chain_reload_keep_counts_exact(tmp_path: P
             ]
         )
         soak.assert_exact(final, VIEW)
+        assert soak.unfolded_checks >= 1
         log = srv.log_tail(10**6)
         assert "binary reloading uWSGI" in log
         assert log.count("The work of process") >= 50  # max-requests recycles
