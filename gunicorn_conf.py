@@ -15,11 +15,15 @@ from netpoint_metrics.gunicorn import (  # noqa: F401  (hooks Gunicorn looks up 
     on_exit,
     on_starting,
     post_fork,
+    pre_exec,
     pre_fork,
     worker_exit,
 )
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
+SAMPLE_APP = "netpoint_metrics.sample.wsgi:application"
+wsgi_app = os.environ.get("NETPOINT_WSGI_APP", SAMPLE_APP)
+if wsgi_app == SAMPLE_APP:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
 configure_environment()
 
 
@@ -33,7 +37,6 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name}={raw!r} is not a whole number") from None
 
 
-wsgi_app = os.environ.get("NETPOINT_WSGI_APP", "netpoint_metrics.sample.wsgi:application")
 bind = [
     b.strip() for b in os.environ.get("NETPOINT_BIND", "127.0.0.1:8000").split(",") if b.strip()
 ]

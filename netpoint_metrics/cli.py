@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from netpoint_metrics.core import archive, dbfile, directory, lease, manifest, names
+from netpoint_metrics.core import archive, dbfile, directory, lease, listing, manifest, names
 
 
 def _dir(args: argparse.Namespace) -> str:
@@ -30,11 +30,11 @@ def _dir(args: argparse.Namespace) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = _dir(args)
-    listing = directory.scan(path)
+    found = listing.scan(path)
     man = manifest.load(path)
     procs = []
-    for ident in sorted(listing.idents()):
-        files = listing.files.get(ident, [])
+    for ident in sorted(found.idents()):
+        files = found.files.get(ident, [])
         size = 0
         for f in files:
             with contextlib.suppress(OSError):
@@ -52,13 +52,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     report = {
         "directory": path,
         "archive_generation": man.generation,
-        "archives": sorted(f.filename for f in listing.archives.get(man.generation, [])),
+        "archives": sorted(f.filename for f in found.archives.get(man.generation, [])),
         "stale_archives": sorted(
-            f.filename for g, fs in listing.archives.items() if g != man.generation for f in fs
+            f.filename for g, fs in found.archives.items() if g != man.generation for f in fs
         ),
         "processes": procs,
         "db_files": sum(len(p["files"]) for p in procs)
-        + sum(len(fs) for fs in listing.archives.values()),
+        + sum(len(fs) for fs in found.archives.values()),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -106,17 +106,11 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_wipe(args: argparse.Namespace) -> int:
     path = _dir(args)
-    listing = directory.scan(path)
-    live = [i for i in listing.idents() if lease.is_alive(path, i)]
-    if live and not args.force:
-        print(
-            f"{len(live)} live process(es) still write here ({', '.join(live[:5])}); their "
-            "files are kept. Stop the server first for a full reset, or pass --force to "
-            "wipe only what is dead and archived anyway.",
-            file=sys.stderr,
-        )
+    try:
+        result = directory.wipe(path, force=args.force)
+    except directory.DirectoryInUse as exc:
+        print(f"netpoint-metrics: {exc}", file=sys.stderr)
         return 1
-    result = directory.prepare(path, os.getpid(), self_ident=None)
     print(f"wiped {result.wiped} file(s); kept {result.kept_live} live process(es)")
     return 0
 
