@@ -1,56 +1,8 @@
 """Gunicorn configuration for NetPoint: ``gunicorn -c gunicorn_conf.py``.
 
-Settings come from the environment (see the README's table); Gunicorn's own command-line
-flags and ``GUNICORN_CMD_ARGS`` still override them. The hooks are the toolkit's and keep
-the metrics directory exact and bounded; if you add your own hook of the same name, call
-ours from it.
+The settings and hooks live in the package (``netpoint_metrics/gunicorn_conf.py``), so an
+installed wheel has them too: ``gunicorn -c python:netpoint_metrics.gunicorn_conf``.
+Gunicorn's own flags and ``GUNICORN_CMD_ARGS`` still override them.
 """
 
-import os
-
-from netpoint_metrics.gunicorn import (  # noqa: F401  (hooks Gunicorn looks up by name)
-    child_exit,
-    configure_environment,
-    nworkers_changed,
-    on_exit,
-    on_starting,
-    post_fork,
-    pre_exec,
-    pre_fork,
-    worker_exit,
-)
-
-SAMPLE_APP = "netpoint_metrics.sample.wsgi:application"
-wsgi_app = os.environ.get("NETPOINT_WSGI_APP", SAMPLE_APP)
-if wsgi_app == SAMPLE_APP:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
-configure_environment()
-
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a whole number") from None
-
-
-bind = [
-    b.strip() for b in os.environ.get("NETPOINT_BIND", "127.0.0.1:8000").split(",") if b.strip()
-]
-workers = _int("NETPOINT_WORKERS", 4)
-max_requests = _int("NETPOINT_MAX_REQUESTS", 0)
-max_requests_jitter = _int("NETPOINT_MAX_REQUESTS_JITTER", 0)
-timeout = _int("NETPOINT_TIMEOUT", 30)
-graceful_timeout = _int("NETPOINT_GRACEFUL_TIMEOUT", 30)
-preload_app = os.environ.get("NETPOINT_PRELOAD", "").lower() in ("1", "true", "yes", "on")
-accesslog = os.environ.get("NETPOINT_ACCESS_LOG") or None
-errorlog = "-"
-loglevel = os.environ.get("NETPOINT_LOG_LEVEL", "info")
-# Gunicorn >= 25 opens a control socket under $HOME by default; opt in explicitly.
-if os.environ.get("NETPOINT_CONTROL_SOCKET"):
-    control_socket = os.environ["NETPOINT_CONTROL_SOCKET"]
-else:
-    control_socket_disable = True
+from netpoint_metrics.gunicorn_conf import *  # noqa: F403  (settings and hooks by name)

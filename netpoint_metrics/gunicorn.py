@@ -108,11 +108,16 @@ def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None
 
 
 def pre_exec(server: Any) -> None:
-    """USR2: the new master gets the original environment, so add what it must inherit."""
-    path = _dir()
-    if not path:
+    """USR2: the new master gets the original environment, so add what it must inherit.
+
+    Runs in the child Gunicorn forked to ``exec`` the new master, so the ownership it
+    hands over is the parent's (:func:`ownership.handover_env` allows exactly that).
+    """
+    handover = ownership.handover_env()
+    if not handover:
         return
-    env = {identity.ENV_DIR: path, bootstrap.ENV_ENABLED: "1", **ownership.handover_env()}
+    path = handover[ownership.ENV_OWNER_FD].partition(":")[2]
+    env = {identity.ENV_DIR: path, bootstrap.ENV_ENABLED: "1", **handover}
     for name in (private_dir.ENV_PRIVATE, private_dir.ENV_WATCHER):
         if name in os.environ:
             env[name] = os.environ[name]

@@ -7,6 +7,7 @@ server's counters must never go down and nothing of it may be deleted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -16,6 +17,8 @@ import pytest
 
 from tests import servers
 from tests.servers import assert_never_decreased, total, wait_for
+
+pytestmark = pytest.mark.slow
 
 VIEW_COUNT = "django_http_requests_latency_seconds_by_view_method_count"
 
@@ -38,8 +41,10 @@ def kill_one_worker_and_wait_for_fold(srv: servers.Server) -> None:
     old.discard(victim)
     os.kill(victim, signal.SIGKILL)
     wait_for(
-        lambda: not any(f"_{victim}-" in n for n in os.listdir(d))
-        and any("_archive-" in n for n in os.listdir(d)),
+        lambda: (
+            not any(f"_{victim}-" in n for n in os.listdir(d))
+            and any("_archive-" in n for n in os.listdir(d))
+        ),
         30,
         f"worker {victim} to be folded",
     )
@@ -217,4 +222,42 @@ def test_damaged_archive_is_set_aside_and_folding_goes_on(tmp_path: Path) -> Non
         log = srv.log_path.read_text()
         assert log.count("its archived totals are lost") == 1, log[-3000:]
     finally:
+        srv.stop()
+
+
+def test_usr2_hands_ownership_to_the_new_master(tmp_path: Path) -> None:
+    pidfile = tmp_path / "gunicorn.pid"
+    env = servers.base_env(tmp_path)
+    srv = servers.start_gunicorn(tmp_path, env=env, workers=2, extra_args=["--pid", str(pidfile)])
+    new = 0
+    try:
+        traffic(srv, 6)
+        before = srv.scrape()
+        os.kill(srv.pid, signal.SIGUSR2)
+        new_pidfile = Path(f"{pidfile}.2")
+        new = wait_for(
+            lambda: (
+                new_pidfile.exists()
+                and new_pidfile.read_text().strip().isdigit()
+                and len(servers.children(int(new_pidfile.read_text()))) >= 2
+                and int(new_pidfile.read_text())
+            ),
+            60,
+            "the USR2 master",
+        )
+        os.kill(srv.pid, signal.SIGTERM)  # graceful: in-flight requests finish
+        assert srv.proc.wait(30) == 0
+        wait_for(lambda: not servers.children(srv.pid), 30, "the old workers to exit")
+        after = srv.scrape()
+        assert_never_decreased(before, after)
+        assert device_list_count(after) == 6
+        # The new master owns the directory now: a third server is still refused.
+        env3 = dict(env, NETPOINT_BIND=f"127.0.0.1:{servers.free_port()}")
+        code, out = servers.run_to_exit("gunicorn", tmp_path, env3)
+        assert code != 0 and f"pid {new}" in out, out[-2000:]
+    finally:
+        if new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(new, signal.SIGTERM)
+            wait_for(lambda: not servers.children(new), 30, "the new master's workers to exit")
         srv.stop()

@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import servers
 
+pytestmark = pytest.mark.soak
+
 WORKERS = 4
 BOUND = 8 * WORKERS + 32
 VIEW = "django_http_requests_total_by_view_transport_method_total"
@@ -246,7 +248,7 @@ def test_gunicorn_usr2_upgrade_then_quit_old(tmp_path: Path) -> None:
             time.sleep(0.05)
         else:
             raise AssertionError("the USR2 master did not come up:\n" + srv.log_tail())
-        os.kill(srv.pid, signal.SIGQUIT)  # graceful stop of the old master
+        os.kill(srv.pid, signal.SIGTERM)  # graceful stop of the old master (QUIT is quick)
         current["pid"] = new
 
     try:

@@ -137,8 +137,9 @@ def close_in_child() -> None:
 def handover_env() -> dict[str, str]:
     """Environment that lets an exec'd successor (Gunicorn USR2) continue our ownership.
 
-    Called in the forked child just before ``exec``: marks the descriptor inheritable in
-    that child only, so the parent keeps its own descriptor closed on exec.
+    Called in the forked child just before ``exec`` (so ``_held`` names the parent's
+    pid): marks the descriptor inheritable in that child only; the parent's stays
+    close-on-exec.
     """
     if _held is None:
         return {}
