@@ -6,6 +6,7 @@ import logging
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 log = logging.getLogger("netpoint_metrics")
 
@@ -17,6 +18,12 @@ class NetpointMetricsConfig(AppConfig):
     def ready(self) -> None:
         if not getattr(settings, "METRICS_ENABLED", False):
             return
+        from netpoint_metrics.core import access
+
+        try:
+            access.policy()  # parse the /metrics access settings now: a bad one stops the start
+        except access.AccessConfigError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
         from netpoint_metrics import metrics
 
         metrics.export_build_info()

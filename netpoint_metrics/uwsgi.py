@@ -17,10 +17,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import tempfile
 
 import uwsgi  # only importable inside a uWSGI process
 
+from netpoint_metrics import config
 from netpoint_metrics.bootstrap import bootstrap, metrics_enabled
 from netpoint_metrics.core import directory, identity, lifecycle
 
@@ -63,6 +65,15 @@ def _load_application():
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
+try:
+    config.check_startup(who="uwsgi")
+except config.StartupError as exc:
+    if _in_master():
+        raise  # the master exits 1 with the one line (also when uWSGI has no workers)
+    # A lazy-apps worker: exiting would just be respawned, but a failed import makes
+    # uWSGI (need-app) stop the whole instance. No traceback: the line says it all.
+    sys.tracebacklimit = 0
+    raise config.ConfigError(str(exc.code)) from None
 _PATH = _configure()
 if _PATH:
     if _in_master():

@@ -18,7 +18,7 @@ from django.http import Http404, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.django import PrometheusDjangoView
 
-from netpoint_metrics.core import identity
+from netpoint_metrics.core import access, identity
 from netpoint_metrics.core.collect import DirectoryCollector
 from netpoint_metrics.core.lock import LockTimeout
 
@@ -44,12 +44,29 @@ def get_registry() -> CollectorRegistry:
         return _registry[2]
 
 
+def access_denied(request) -> HttpResponse | None:
+    """The shared access policy (:mod:`netpoint_metrics.core.access`); None: serve it."""
+    decision = access.policy().check(
+        request.META.get("HTTP_AUTHORIZATION"), request.META.get("REMOTE_ADDR")
+    )
+    if decision.allowed:
+        return None
+    response = HttpResponse(
+        f"{decision.reason}\n", status=decision.status, content_type="text/plain"
+    )
+    for name, value in decision.headers:
+        response[name] = value
+    return response
+
+
 class MetricsView(PrometheusDjangoView):
     """404 unless ``METRICS_ENABLED``; 503, never a wrong answer, if the directory fails."""
 
     def get(self, request, *args, **kwargs):
         if not getattr(settings, "METRICS_ENABLED", False):
             raise Http404("metrics are disabled")
+        if (denied := access_denied(request)) is not None:
+            return denied
         self.registry = get_registry()
         try:
             return super().get(request, *args, **kwargs)
@@ -67,4 +84,6 @@ class MetricsView(PrometheusDjangoView):
     def options(self, request, *args, **kwargs):
         if not getattr(settings, "METRICS_ENABLED", False):
             raise Http404("metrics are disabled")
+        if (denied := access_denied(request)) is not None:
+            return denied
         return super().options(request, *args, **kwargs)
