@@ -44,7 +44,7 @@ class Exporter(ThreadingHTTPServer):
         self.path = path
         self.policy = policy
         self.collector = DirectoryCollector(path)  # the warm cache: one per process
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = new_registry()
         self.registry.register(self.collector)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -110,6 +110,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
         log.debug("%s %s", self.client_address[0], format % args)
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry whose ``name[]`` filters see our collector (it declares no names up front;
+    without ``support_collectors_without_names`` a filtered scrape would come back empty)."""
+    try:
+        return CollectorRegistry(auto_describe=False, support_collectors_without_names=True)
+    except TypeError:  # an older prometheus-client: filters then return nothing
+        return CollectorRegistry(auto_describe=False)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
