@@ -16,11 +16,15 @@ from netpoint_metrics.gunicorn import (  # noqa: F401  (hooks Gunicorn looks up 
     on_exit,
     on_starting,
     post_fork,
+    pre_exec,
     pre_fork,
     worker_exit,
 )
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
+SAMPLE_APP = "netpoint_metrics.sample.wsgi:application"
+wsgi_app = os.environ.get("NETPOINT_WSGI_APP", SAMPLE_APP)
+if wsgi_app == SAMPLE_APP:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
 # Every NETPOINT_* setting, the access settings and dependency versions, checked before
 # anything starts: a wrong one exits here with one line naming it.
 netpoint_config.check_startup(who="gunicorn_conf.py")
@@ -31,7 +35,6 @@ def _int(name: str, default: int) -> int:
     return netpoint_config.env_int(name, default, minimum=netpoint_config.INT_SETTINGS.get(name, 0))
 
 
-wsgi_app = os.environ.get("NETPOINT_WSGI_APP", "netpoint_metrics.sample.wsgi:application")
 bind = [
     b.strip() for b in os.environ.get("NETPOINT_BIND", "127.0.0.1:8000").split(",") if b.strip()
 ]

@@ -1,15 +1,22 @@
 """netpoint-metrics: exact, bounded django-prometheus metrics under multi-process servers.
 
-Importing the package installs the process-identity value class into prometheus-client
-(see :mod:`netpoint_metrics.bootstrap`). It has to happen at import time: prometheus-client
-binds every metric value to a value class when the metric is created, and django-prometheus
-creates its metrics when it is imported, so anything later is too late.
+Importing the package does nothing: no value class is installed, no file is created, no
+process identity is taken. :func:`setup` is the explicit step (the server adapters and
+the Django app make it for you).
 """
 
 from __future__ import annotations
 
-from netpoint_metrics.bootstrap import bootstrap
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
 
-bootstrap()
+def setup(metrics_enabled: object = None) -> bool:
+    """Decide ``METRICS_ENABLED`` and install the matching value class (see ``bootstrap``).
+
+    For entry points that neither start under ``gunicorn_conf.py``/``uwsgi.ini`` nor list
+    ``netpoint_metrics`` first in ``INSTALLED_APPS``: call it in settings, after
+    ``METRICS_ENABLED`` is known and before anything imports ``django_prometheus``.
+    """
+    from netpoint_metrics.bootstrap import setup as _setup
+
+    return _setup(metrics_enabled)

@@ -1,22 +1,39 @@
-"""The ``netpoint_metrics`` Django app: the /metrics view and NetPoint's metadata metrics."""
+"""The ``netpoint_metrics`` Django app: decides METRICS_ENABLED and checks the set-up.
+
+List it first in ``INSTALLED_APPS``: Django creates app configs in that order, and ours
+installs the value class (:func:`netpoint_metrics.setup`) in its constructor, before
+``django_prometheus`` is imported and creates its metrics.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-log = logging.getLogger("netpoint_metrics")
+from netpoint_metrics import bootstrap
+from netpoint_metrics.core import identity
+
+log = logging.getLogger(__name__)
 
 
 class NetpointMetricsConfig(AppConfig):
     name = "netpoint_metrics"
     verbose_name = "NetPoint metrics"
 
+    def __init__(self, app_name: str, app_module: Any) -> None:
+        super().__init__(app_name, app_module)
+        try:
+            bootstrap.setup(getattr(settings, "METRICS_ENABLED", None))
+        except bootstrap.ConfigurationError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
+
     def ready(self) -> None:
-        if not getattr(settings, "METRICS_ENABLED", False):
+        if not bootstrap.metrics_enabled():
             return
         from netpoint_metrics.core import access
 
@@ -24,10 +41,22 @@ class NetpointMetricsConfig(AppConfig):
             access.policy()  # parse the /metrics access settings now: a bad one stops the start
         except access.AccessConfigError as exc:
             raise ImproperlyConfigured(str(exc)) from None
+        _check_value_class()
         from netpoint_metrics import metrics
 
         metrics.export_build_info()
-        try:
-            metrics.export_migrations()
-        except Exception as exc:  # a missing or locked database must not stop the server
-            log.warning("netpoint-metrics: migration gauges not set: %s", exc)
+
+
+def _check_value_class() -> None:
+    """Metrics are on: make sure this process aggregates, or say why it cannot."""
+    if identity.multiproc_dir() and identity.installed() == "multiprocess":
+        return
+    if bootstrap.under_multiprocess_server():
+        raise ImproperlyConfigured(
+            "METRICS_ENABLED is on but this worker has no shared metrics directory, so "
+            "/metrics would show one worker's numbers. Start the server with the toolkit's "
+            "config (gunicorn -c gunicorn_conf.py, uwsgi --ini uwsgi.ini), or set "
+            "METRICS_ENABLED=1 in the server's environment."
+        )
+    if "runserver" not in sys.argv[1:2]:
+        log.info("netpoint-metrics: metrics on, kept in this process (no multiprocess directory)")

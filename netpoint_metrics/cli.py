@@ -24,7 +24,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-from netpoint_metrics.core import archive, directory, identity, lease, lock, manifest, names
+from netpoint_metrics.core import (
+    archive,
+    directory,
+    identity,
+    lease,
+    listing,
+    manifest,
+    names,
+    ownership,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +55,21 @@ def _raw_dir(args: argparse.Namespace) -> str:
     return str(path)
 
 
-def _dir(args: argparse.Namespace) -> str:
+def _dir(args: argparse.Namespace, *, writes: bool = False) -> str:
+    """The checked directory; commands that write also refuse one holding foreign files."""
     try:
-        return directory.ensure_directory(_raw_dir(args), create=False)
+        return directory.ensure_directory(_raw_dir(args), create=False, check_contents=writes)
     except directory.UnsafeDirectory as exc:
         raise Refused(str(exc)) from None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from netpoint_metrics.doctor import owner_pid
-
     path = _dir(args)
-    listing = directory.scan(path)
+    found = listing.scan(path)
     man = manifest.load(path)
     procs = []
-    for ident in sorted(listing.idents()):
-        files = listing.files.get(ident, [])
+    for ident in sorted(found.idents()):
+        files = found.files.get(ident, [])
         size = 0
         for f in files:
             with contextlib.suppress(OSError):
@@ -78,16 +86,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
     report = {
         "directory": path,
-        "owner_pid": owner_pid(path),
+        "owner_pid": ownership.owner_pid(path),
         "archive_generation": man.generation,
-        "archives": sorted(f.filename for f in listing.archives.get(man.generation, [])),
+        "archives": sorted(f.filename for f in found.archives.get(man.generation, [])),
         "stale_archives": sorted(
-            f.filename for g, fs in listing.archives.items() if g != man.generation for f in fs
+            f.filename for g, fs in found.archives.items() if g != man.generation for f in fs
         ),
+        "foreign": sorted(found.foreign),
         "quarantined": sorted(n for n in os.listdir(path) if n.startswith(names.QUARANTINE_PREFIX)),
         "processes": procs,
         "db_files": sum(len(p["files"]) for p in procs)
-        + sum(len(fs) for fs in listing.archives.values()),
+        + sum(len(fs) for fs in found.archives.values()),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -114,7 +123,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    path = _dir(args)
+    path = _dir(args, writes=True)
     folded, corrupt, seconds, generation = 0, 0, 0.0, 0
     for _ in range(10_000):  # batches; bounded
         result = archive.fold(path, wait=True, timeout=args.timeout)
@@ -134,57 +143,20 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_wipe(args: argparse.Namespace) -> int:
-    """Delete archives and dead processes' files, never the owner record or the locks.
+    """Delete archives and dead processes' files; never the owner record or the locks.
 
-    Refused while a server master owns the directory: its counters would drop to zero,
-    which Prometheus reads as a reset. Live non-server writers (a ``manage.py`` command, a
-    job) also stop it unless ``--force``, which then keeps their files.
+    Refused while a server master owns the directory (its counters would drop to zero,
+    which Prometheus reads as a reset), even with ``--force``; live writers that are not
+    a server (a ``manage.py`` command, a job) also stop it unless ``--force``, which keeps
+    their files. :func:`netpoint_metrics.core.directory.wipe` does the work.
     """
-    from netpoint_metrics.doctor import owner_pid
-
-    path = _dir(args)
-    owner = owner_pid(path)
-    if owner is not None:
-        raise Refused(
-            f"{path} is owned by a running server (pid {owner}); stop it first. Wiping "
-            "under it would reset its counters."
-        )
-    with lock.exclusive(path, timeout=args.timeout) as held:
-        if not held:
-            raise Refused(f"{path} stayed locked for {args.timeout}s; nothing wiped")
-        listing = directory.scan(path)
-        live = {i for i in listing.idents() if lease.is_alive(path, i)}
-        if live and not args.force:
-            raise Refused(
-                f"{len(live)} live process(es) still write here ({', '.join(sorted(live)[:5])}); "
-                "stop them first, or pass --force to wipe only what is dead and archived"
-            )
-        wiped = _wipe(path, keep=live)
-    log.info("wiped %s: %d file(s), %d live process(es) kept", path, wiped, len(live))
-    print(f"wiped {wiped} file(s); kept {len(live)} live process(es)")
+    path = _dir(args, writes=True)
+    try:
+        result = directory.wipe(path, force=args.force)
+    except directory.DirectoryInUse as exc:
+        raise Refused(str(exc)) from None
+    print(f"wiped {result.wiped} file(s); kept {result.kept_live} live process(es)")
     return EXIT_OK
-
-
-def _wipe(path: str, keep: set[str]) -> int:
-    n = 0
-    with os.scandir(path) as it:
-        entries = list(it)
-    for entry in entries:
-        name = entry.name
-        # Lock files stay: someone may hold them, and deleting a held flock file lets a
-        # second process lock a new file of the same name.
-        is_lock = name.endswith(".lock") and not name.startswith(names.LEASE_PREFIX)
-        if is_lock or not names.is_ours(name):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            continue
-        parsed = names.parse_db_name(name)
-        ident = parsed.ident if parsed else names.parse_lease_name(name)
-        if ident is not None and ident in keep:
-            continue
-        if directory.unlink(path, name):
-            n += 1
-    return n
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -73,11 +73,6 @@ class StartupError(SystemExit):
     """
 
 
-class ConfigError(RuntimeError):
-    """The same as :class:`StartupError` where an exception must be raised, not an exit
-    (the uWSGI adapter: a worker that exits is respawned, one whose import fails is not)."""
-
-
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
 

@@ -16,7 +16,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from netpoint_metrics import config
-from netpoint_metrics.core import access, dbfile, directory, identity, lease, manifest, names
+from netpoint_metrics.core import (
+    access,
+    dbfile,
+    directory,
+    identity,
+    lease,
+    listing,
+    manifest,
+    names,
+    ownership,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +37,6 @@ OK, WARN, FAIL = "ok", "warn", "FAIL"
 MIN_FREE_BYTES = 64 << 20
 #: Dead, unfolded processes beyond this mean folds are not happening.
 MAX_DEAD_UNFOLDED = 50
-#: Names we tolerate in the directory although they are not ours.
-TOLERATED = frozenset({"lost+found"})
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,7 @@ def no_directory(env: Mapping[str, str]) -> Iterator[Finding]:
 
 def check_directory(raw: str, state: dict[str, str]) -> Iterator[Finding]:
     try:
-        path = directory.ensure_directory(raw, create=False)
+        path = directory.ensure_directory(raw, create=False, check_contents=False)
     except directory.UnsafeDirectory as exc:
         yield Finding(FAIL, str(exc))
         return
@@ -170,7 +178,7 @@ def check_files(path: str) -> Iterator[Finding]:
         entries = list(it)
     for entry in entries:
         name = entry.name
-        if name in TOLERATED:
+        if name in names.TOLERATED_FOREIGN:
             continue
         if not names.is_ours(name):
             foreign.append(name)
@@ -227,15 +235,15 @@ def check_files(path: str) -> Iterator[Finding]:
 
 
 def check_processes(path: str) -> Iterator[Finding]:
-    listing = directory.scan(path)
+    found = listing.scan(path)
     man = manifest.load(path)
     alive: list[str] = []
     dead: list[str] = []
-    for ident in sorted(listing.idents()):
+    for ident in sorted(found.idents()):
         if ident in man.folded:
             continue
         (alive if lease.is_alive(path, ident) else dead).append(ident)
-    owner = owner_pid(path)
+    owner = ownership.owner_pid(path)
     if owner is not None:
         yield Finding(OK, f"owned by a live server master, pid {owner}")
     else:
@@ -252,29 +260,6 @@ def check_processes(path: str) -> Iterator[Finding]:
             "(gunicorn -c gunicorn_conf.py, uwsgi module=netpoint_metrics.uwsgi)? "
             "`netpoint-metrics compact` folds them now",
         )
-
-
-def owner_pid(path: str) -> int | None:
-    """The pid of the live server master that owns ``path``, None if there is none."""
-    try:
-        from netpoint_metrics.core import ownership  # type: ignore[attr-defined]
-    except ImportError:
-        return _owner_pid_from_record(path)
-    return ownership.owner_pid(path)  # type: ignore[no-any-return]
-
-
-def _owner_pid_from_record(path: str) -> int | None:
-    """Before ownership locks: the owner record names a pid and its kernel start time."""
-    import json
-
-    try:
-        with open(os.path.join(path, names.OWNER_FILE), "rb") as f:
-            doc = json.loads(f.read(4096))
-        pid = int(doc["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    start = directory.process_start_time(pid)
-    return pid if start is not None and start == doc.get("start") else None
 
 
 def check_space(path: str) -> Iterator[Finding]:

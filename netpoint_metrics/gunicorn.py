@@ -1,16 +1,19 @@
 """Gunicorn server hooks: ``gunicorn_conf.py`` re-exports these.
 
-Each hook is one call into :mod:`netpoint_metrics.core.lifecycle`. State lives on the
-arbiter object or in the directory, never in module globals: Gunicorn re-executes the
-config module on HUP. No hook ever raises: a metrics problem is logged and the server goes on.
+Each hook is one call into :mod:`netpoint_metrics.core.lifecycle`. State lives in this
+module (imported once per master: Gunicorn re-executes the *config* module on HUP, not
+this one), on the arbiter object, or in the directory. No hook raises, except to refuse a
+start that would harm another server's data: a metrics problem is logged and the server
+goes on.
 
 | event | what we do |
 |---|---|
-| config load | pick the directory (a private one if metrics are on and none is set) |
-| ``on_starting`` | prepare the directory; a USR2 child master inherits, never wipes |
-| ``post_fork`` | the worker takes its never-reused identifier and lease |
+| config load | decide METRICS_ENABLED, pick the directory, check it, take ownership |
+| ``on_starting`` | prepare the directory (fresh start wipes; a USR2 child only folds) |
+| ``post_fork`` | the worker drops the ownership descriptor, takes its identifier and lease |
 | ``child_exit`` | fold dead processes (SIGKILL included: only this hook fires then) |
 | ``pre_fork`` | retry a fold that found the lock busy |
+| ``pre_exec`` | hand the directory and its ownership to the USR2 child master |
 | ``on_exit`` | remove a private directory once nobody alive uses it |
 """
 
@@ -18,63 +21,64 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any
 
-from netpoint_metrics.bootstrap import bootstrap, metrics_enabled
-from netpoint_metrics.core import directory, identity, lease, lifecycle, names
+from netpoint_metrics import bootstrap, private_dir
+from netpoint_metrics.core import directory, identity, lifecycle, ownership
 
-log = logging.getLogger("netpoint_metrics")
+log = logging.getLogger(__name__)
 
-#: Set when the toolkit made the directory itself, so it may remove it at exit.
-ENV_PRIVATE = "NETPOINT_METRICS_PRIVATE_DIR"
+#: Whether this master continues an earlier owner (USR2 hand-over); set at config load.
+_continued = False
 
 
 def configure_environment() -> str | None:
-    """Decide the multiprocess directory before the app (and prometheus-client) load.
+    """Decide metrics and the multiprocess directory before the app (and prometheus-client) load.
 
     Metrics on and no ``PROMETHEUS_MULTIPROC_DIR``: make a private directory rather than
     silently falling back to per-worker counts. The choice is kept in ``os.environ``, so a
-    HUP (which re-runs the config) and a USR2 child master reuse it.
+    HUP (which re-runs the config) reuses it. A second server on a directory that a live
+    server owns, an unsafe directory or contradictory settings stop the start with one
+    line saying what is wrong; nothing is changed on disk.
     """
-    if not metrics_enabled():
-        return None
-    path = identity.multiproc_dir()
-    if not path:
-        path = tempfile.mkdtemp(prefix="netpoint-metrics-")
-        os.environ[ENV_PRIVATE] = path
-    path = directory.ensure_directory(path)
-    os.environ[identity.ENV_DIR] = path
-    bootstrap()  # importing the package ran it before the directory was known
+    global _continued
+    try:
+        enabled = bootstrap.decide(bootstrap.settings_choice())
+        if not enabled:
+            return None
+        path = identity.multiproc_dir()
+        if not path:
+            path = private_dir.create()
+        path = os.path.abspath(path)
+        os.environ[identity.ENV_DIR] = path
+        os.environ[bootstrap.ENV_ENABLED] = "1"  # workers then agree with the master
+        _continued = lifecycle.claim_directory(path) or _continued
+        bootstrap.setup(True)
+    except (bootstrap.ConfigurationError, *lifecycle.REFUSALS) as exc:
+        raise SystemExit(f"netpoint-metrics: {exc}") from None
+    if private_dir.is_private(path):
+        private_dir.start_watcher(path)
     return path
 
 
 def _dir() -> str | None:
-    return identity.multiproc_dir() if metrics_enabled() else None
+    return ownership.held() if bootstrap.metrics_enabled() else None
 
 
 def on_starting(server: Any) -> None:
     path = _dir()
     if not path:
         return
-    inherit = bool(getattr(server, "master_pid", 0))
+    continued = _continued or bool(getattr(server, "master_pid", 0))
     try:
-        result = lifecycle.master_starting(path, os.getpid(), inherit=inherit)
-        server.log.info(
-            "netpoint-metrics: %s ready (%s; %d files wiped, %d live processes kept)",
-            path,
-            result.reason,
-            result.wiped,
-            result.kept_live,
-        )
-    except directory.UnsafeDirectory:
-        raise  # refuse to start on an unsafe directory: the message says how to fix it
+        lifecycle.master_starting(path, continued=continued)
     except Exception:
         server.log.exception("netpoint-metrics: could not prepare %s", path)
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    if _dir():
+    os.environ["NETPOINT_SERVER_WORKERS"] = str(getattr(server, "num_workers", "") or "")
+    if bootstrap.metrics_enabled() and identity.multiproc_dir():
         try:
             lifecycle.worker_started()
         except Exception:
@@ -103,20 +107,23 @@ def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None
     pre_fork(server, None)
 
 
+def pre_exec(server: Any) -> None:
+    """USR2: the new master gets the original environment, so add what it must inherit."""
+    path = _dir()
+    if not path:
+        return
+    env = {identity.ENV_DIR: path, bootstrap.ENV_ENABLED: "1", **ownership.handover_env()}
+    for name in (private_dir.ENV_PRIVATE, private_dir.ENV_WATCHER):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    server.cfg.env_orig.update(env)
+
+
 def on_exit(server: Any) -> None:
     """Remove a private directory, unless a live process still uses it (USR2 overlap)."""
-    private = os.environ.get(ENV_PRIVATE)
     path = _dir()
-    if not private or path != private or not os.path.isdir(private):
+    if not path or not private_dir.is_private(path):
         return
-    own = identity.current() if identity.installed() == "multiprocess" else None
-    listing = directory.scan(private)
-    if any(i != own and lease.is_alive(private, i) for i in listing.idents()):
-        return
-    for name in os.listdir(private):
-        if names.is_ours(name):
-            directory.unlink(private, name)
-    try:
-        os.rmdir(private)
-    except OSError as exc:
-        log.warning("netpoint-metrics: could not remove %s: %s", private, exc)
+    ownership.release()
+    if ownership.owner_pid(path) is None:
+        directory.remove_private(path, self_ident=identity.peek())

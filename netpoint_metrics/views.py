@@ -13,33 +13,39 @@ import logging
 import os
 import threading
 
-from django.conf import settings
 from django.http import Http404, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.django import PrometheusDjangoView
 
+from netpoint_metrics.bootstrap import metrics_enabled
 from netpoint_metrics.core import access, identity
 from netpoint_metrics.core.collect import DirectoryCollector
 from netpoint_metrics.core.lock import LockTimeout
+from netpoint_metrics.migration_metrics import MigrationCollector
 
-log = logging.getLogger("netpoint_metrics")
+log = logging.getLogger(__name__)
 
 #: Seconds between folds a scrape may do itself (servers fold on their own events).
 FOLD_EVERY = 15.0
 
 _lock = threading.Lock()
 _registry: tuple[int, str, CollectorRegistry] | None = None
+_single_migrations: MigrationCollector | None = None
 
 
 def get_registry() -> CollectorRegistry:
-    global _registry
+    global _registry, _single_migrations
     path = identity.multiproc_dir()
-    if not path or identity.installed() != "multiprocess":
-        return REGISTRY
     with _lock:
+        if not path or identity.installed() != "multiprocess":
+            if _single_migrations is None:
+                _single_migrations = MigrationCollector()
+                REGISTRY.register(_single_migrations)
+            return REGISTRY
         if _registry is None or _registry[:2] != (os.getpid(), path):
             registry = CollectorRegistry(auto_describe=False)
             registry.register(DirectoryCollector(path, fold_every=FOLD_EVERY))
+            registry.register(MigrationCollector())
             _registry = (os.getpid(), path, registry)
         return _registry[2]
 
@@ -63,7 +69,7 @@ class MetricsView(PrometheusDjangoView):
     """404 unless ``METRICS_ENABLED``; 503, never a wrong answer, if the directory fails."""
 
     def get(self, request, *args, **kwargs):
-        if not getattr(settings, "METRICS_ENABLED", False):
+        if not metrics_enabled():
             raise Http404("metrics are disabled")
         if (denied := access_denied(request)) is not None:
             return denied
@@ -82,7 +88,7 @@ class MetricsView(PrometheusDjangoView):
             )
 
     def options(self, request, *args, **kwargs):
-        if not getattr(settings, "METRICS_ENABLED", False):
+        if not metrics_enabled():
             raise Http404("metrics are disabled")
         if (denied := access_denied(request)) is not None:
             return denied

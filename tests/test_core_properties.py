@@ -94,7 +94,14 @@ class DirectoryMachine(RuleBasedStateMachine):
 
     @rule(
         step=st.sampled_from(
-            ["merged", "archive-written", "committed", "old-archive-deleted", "ident-deleted"]
+            [
+                "merged",
+                "archive-written",
+                "copy-written",
+                "committed",
+                "old-archive-deleted",
+                "ident-deleted",
+            ]
         )
     )
     def fold_and_crash(self, step: str) -> None:
@@ -109,6 +116,17 @@ class DirectoryMachine(RuleBasedStateMachine):
             pass
         finally:
             archive._fault = None
+
+    @rule(garble=st.booleans())
+    def damage_manifest(self, garble: bool) -> None:
+        """An operator deletes or overwrites the manifest (maybe with a fold half done):
+        recovery from the generation copies must neither lose nor double count."""
+        path = os.path.join(self.dir, "netpoint-archive.json")
+        if garble:
+            with open(path, "wb") as f:
+                f.write(b"{not json")
+        elif os.path.exists(path):
+            os.unlink(path)
 
     @invariant()
     def totals_exact_and_monotone(self) -> None:

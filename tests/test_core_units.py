@@ -11,7 +11,16 @@ import time
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from netpoint_metrics.core import archive, dbfile, directory, identity, lease, lock, names
+from netpoint_metrics.core import (
+    archive,
+    dbfile,
+    directory,
+    identity,
+    lease,
+    lock,
+    names,
+    ownership,
+)
 from netpoint_metrics.core.collect import DirectoryCollector
 from tests.core_support import FakeProcess, db_files, key, manifest, samples
 
@@ -141,6 +150,11 @@ def test_fold_never_waits_and_scrapes_exclude_folds(tmp_path) -> None:
     p = FakeProcess(d).start()
     p.add("counter", K, 1)
     p.kill()
+    # A read-only scrape never creates the lock file; the owner's prepare (or any fold) does.
+    with lock.shared(d):
+        assert names.LOCK_FILE not in os.listdir(d)
+    with lock.exclusive(d):
+        pass
     with lock.shared(d):
         t0 = time.perf_counter()
         assert archive.fold(d).busy
@@ -182,30 +196,31 @@ def test_file_count_does_not_grow_with_recycles(tmp_path) -> None:
         p.kill()
 
 
-def test_prepare_wipes_dead_keeps_live_and_spares_reload_and_inherit(tmp_path) -> None:
+def test_prepare_wipes_dead_keeps_live_and_continued_owner_only_folds(tmp_path) -> None:
     d = str(tmp_path)
     dead = FakeProcess(d).start()
     dead.add("counter", K, 2)
     dead.kill()
     live = FakeProcess(d).start()
     live.add("counter", K, 5)
-    (tmp_path / "keep-me.txt").write_text("not ours")
-    res = directory.prepare(d, os.getpid())
-    assert res.reason == "fresh start"
-    assert samples(DirectoryCollector(d).collect())[("c_total", (("view", "x"),))] == 5
-    assert (tmp_path / "keep-me.txt").exists()
-    # Same master again (uWSGI reload): fold, never wipe.
-    live.kill()
-    res = directory.prepare(d, os.getpid())
-    assert res.reason == "same master restarted"
-    assert samples(DirectoryCollector(d).collect())[("c_total", (("view", "x"),))] == 5
-    # A new master that continues another (Gunicorn USR2) keeps the archive too.
-    res = directory.prepare(d, 1, inherit=True)
-    assert samples(DirectoryCollector(d).collect())[("c_total", (("view", "x"),))] == 5
-    # A new master: starts from zero.
-    res = directory.prepare(d, os.getppid())
-    assert res.reason == "fresh start"
-    assert samples(DirectoryCollector(d).collect()) == {}
+    with pytest.raises(RuntimeError, match="without owning"):
+        directory.prepare(d)
+    assert ownership.claim(d) is False
+    try:
+        res = directory.prepare(d)
+        assert res.reason == "fresh start"
+        assert samples(DirectoryCollector(d).collect())[("c_total", (("view", "x"),))] == 5
+        # The same owner again (uWSGI reload, USR2 hand-over): fold, never wipe.
+        live.kill()
+        res = directory.prepare(d, continued=True)
+        assert res.reason == "continued"
+        assert samples(DirectoryCollector(d).collect())[("c_total", (("view", "x"),))] == 5
+        # A new owner: starts from zero.
+        res = directory.prepare(d)
+        assert res.reason == "fresh start"
+        assert samples(DirectoryCollector(d).collect()) == {}
+    finally:
+        ownership.release()
 
 
 def test_unsafe_directories_are_refused(tmp_path) -> None:

@@ -24,16 +24,20 @@ def client(tmp_path_factory):
     return Client()
 
 
-def test_metrics_404_when_disabled_and_200_when_enabled(client) -> None:
+def test_metrics_404_when_disabled_and_decided_once(client) -> None:
     from django.test import override_settings
 
-    with override_settings(METRICS_ENABLED=False):
-        assert client.get("/metrics").status_code == 404
+    from netpoint_metrics import bootstrap
+
+    assert bootstrap.metrics_enabled() is False
+    assert client.get("/metrics").status_code == 404
+    # The decision was made when the app loaded (value class included); flipping the
+    # setting afterwards must not give a view that disagrees with how values are stored.
     with override_settings(METRICS_ENABLED=True):
-        resp = client.get("/metrics")
-        assert resp.status_code == 200
-        assert resp["Content-Type"].startswith("text/plain")
+        assert client.get("/metrics").status_code == 404
     assert client.get("/metrics/").status_code == 404  # one canonical path
+    page = client.get("/")
+    assert page.status_code == 200 and b"METRICS_ENABLED=1" in page.content
 
 
 def test_api_round_trip_and_validation(client) -> None:

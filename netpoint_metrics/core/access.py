@@ -189,7 +189,7 @@ def policy() -> Policy:
     with _lock:
         if _policy is None:
             _policy = Policy.from_env()
-            log.info("metrics access: %s", _policy.describe())
+            log.debug("metrics access: %s", _policy.describe())
         return _policy
 
 

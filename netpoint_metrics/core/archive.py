@@ -12,7 +12,8 @@ The protocol (all under the exclusive directory lock, which a master only ever t
    generations other than the current one;
 2. find the dead: ids whose lease nobody holds (:mod:`.lease`);
 3. merge the current archive with their files into generation N+1, written to temporary
-   names and renamed into place;
+   names and renamed into place, then a copy of the manifest it will commit (recovery's
+   anchor if the manifest is ever damaged: see :mod:`.manifest`);
 4. commit: rename a manifest naming generation N+1 and listing the folded ids;
 5. delete the old generation and the folded files, then record that in the manifest.
 
@@ -23,17 +24,19 @@ counted exactly once. Sums are rounded up, never down (see :func:`add_up`).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from netpoint_metrics.core import dbfile, lease, lock, manifest, names
-from netpoint_metrics.core import directory as dirmod
+from netpoint_metrics.core import listing as dirmod
 
-log = logging.getLogger("netpoint_metrics")
+log = logging.getLogger(__name__)
 
 #: Test seam: called with a step name during a fold, to inject crashes.
 _fault: Callable[[str], None] | None = None
@@ -100,11 +103,40 @@ def fold(
 
 
 def _fold_locked(directory: str, max_ids: int) -> FoldResult:
+    """The five protocol steps, in order; each is one function below."""
     result = FoldResult()
+    man, listing = _finish_earlier_folds(directory, result)
+    result.generation = man.generation
+    dead = _find_dead(directory, listing, max_ids, result)
+    if not dead:
+        return result
+    # List again: a process alive at the first scan may have created more files before it
+    # died. The dead create nothing, so this listing is complete for them.
+    listing = dirmod.scan(directory)
+    archives = _read_archives(directory, man, listing, result)
+    folded = _merge_dead(directory, dead, listing, archives, result)
+    if not folded:
+        return result
+    _step("merged")
+    new = _write_generation(directory, man, folded, archives)
+    manifest.store(directory, new)  # step 4: the commit
+    _step("committed")
+    _clean_up(directory, man, new, folded, listing)
+    result.folded = folded
+    result.generation = new.generation
+    return result
+
+
+def _finish_earlier_folds(
+    directory: str, result: FoldResult
+) -> tuple[manifest.Manifest, dirmod.Listing]:
+    """Step 1: delete what an interrupted fold left: folded ids' files, stale generations.
+
+    Returns the manifest to build on (rewritten if it changed) and a fresh listing without
+    the names deleted here.
+    """
     man = manifest.load(directory)
     listing = dirmod.scan(directory)
-
-    # 1. Finish earlier folds.
     still_folded = set()
     for ident in man.folded:
         if not _delete_ident(directory, ident, listing):
@@ -113,105 +145,160 @@ def _fold_locked(directory: str, max_ids: int) -> FoldResult:
         listing.files.pop(ident, None)
         listing.leases.discard(ident)
     for gen, files in list(listing.archives.items()):
-        if gen != man.generation:
+        if gen != man.generation or man.unaccounted:
             for f in files:
-                dirmod.unlink(directory, f.filename)
+                if man.unaccounted:
+                    # Archives nobody can account for may hold real totals: keep them.
+                    _quarantine(directory, f.filename)
+                else:
+                    dirmod.unlink(directory, f.filename)
                 result.cleaned += 1
             del listing.archives[gen]
+    for gen in listing.generation_copies:
+        if gen != man.generation:
+            dirmod.unlink(directory, names.generation_filename(gen))
     for name in listing.tmps:
         dirmod.unlink(directory, name)  # only folds (under this lock) make these
     for name in listing.lease_tmps:
         _remove_abandoned_lease_tmp(directory, name)
-    if still_folded != man.folded:
-        man = manifest.Manifest(man.generation, frozenset(still_folded))
+    if still_folded != man.folded or man.recovered:
+        man = manifest.Manifest(man.generation, frozenset(still_folded), man.archives)
         manifest.store(directory, man)
+    return man, listing
 
-    # 2. Find the dead.
+
+def _find_dead(
+    directory: str, listing: dirmod.Listing, max_ids: int, result: FoldResult
+) -> list[str]:
+    """Step 2: ids whose lease nobody holds, at most ``max_ids`` of them."""
     dead = sorted(
         i
         for i in listing.idents()
         if names.is_process_ident(i) and not lease.is_alive(directory, i)
     )
-    result.generation = man.generation
-    if not dead:
-        return result
     if len(dead) > max_ids:
         dead, result.more = dead[:max_ids], True
-    # List again: a process alive at the first scan may have created more files before it
-    # died. The dead create nothing, so this listing is complete for them.
-    listing = dirmod.scan(directory)
+    return dead
 
-    # 3. Merge into a new generation.
+
+def _read_archives(
+    directory: str, man: manifest.Manifest, listing: dirmod.Listing, result: FoldResult
+) -> dict[str, dict[bytes, tuple[float, float]]]:
+    """Step 3a: the current generation's archives, by prefix.
+
+    An archive we wrote ourselves that no longer parses was damaged by someone else. It is
+    set aside (renamed, never deleted) and logged once at ERROR; folding goes on with that
+    kind's archived totals lost, because stopping would let the directory grow forever.
+    """
     archives: dict[str, dict[bytes, tuple[float, float]]] = {}
     for f in listing.archives.get(man.generation, ()):
+        path = os.path.join(directory, f.filename)
         try:
-            entries = dbfile.read_entries(os.path.join(directory, f.filename)) or []
+            entries = dbfile.read_entries(path) or []
         except dbfile.CorruptFile as exc:
-            # An archive we wrote ourselves is unreadable: someone damaged it. Keeping it
-            # and folding nothing more is the only way not to lose what it holds.
-            log.error("netpoint-metrics: archive %s is corrupt (%s); not folding", f.filename, exc)
+            log.error(
+                "netpoint-metrics event=recovery dir=%s archive=%s damaged=%r action=set-aside; "
+                "its archived totals are lost",
+                directory,
+                f.filename,
+                str(exc),
+            )
             result.corrupt.append(f.filename)
-            return result
+            _quarantine(directory, f.filename)
+            continue
         archives[f.prefix] = {k: (v, t) for k, v, t in entries}
+    return archives
 
+
+def _merge_dead(
+    directory: str,
+    dead: list[str],
+    listing: dirmod.Listing,
+    archives: dict[str, dict[bytes, tuple[float, float]]],
+    result: FoldResult,
+) -> list[str]:
+    """Step 3b: add each dead process's values into ``archives``; all or nothing per id."""
     folded: list[str] = []
     for ident in dead:
-        ok = True
-        reads: list[tuple[str, list]] = []
-        for f in listing.files.get(ident, ()):
-            if f.prefix not in names.ARCHIVABLE_PREFIXES:
-                continue  # live and "all" gauges die with their process
-            path = os.path.join(directory, f.filename)
-            try:
-                entries = dbfile.read_entries(path)
-            except dbfile.CorruptFile as exc:
-                log.warning(
-                    "netpoint-metrics: %s is corrupt (%s); set aside, not archived", path, exc
-                )
-                result.corrupt.append(f.filename)
-                # Never delete what we could not read: move it aside, or keep the process
-                # unfolded if even that fails.
-                ok = _quarantine(directory, f.filename) and ok
-                continue
-            except OSError as exc:  # e.g. EIO, EACCES: maybe passing; try again next fold
-                log.warning("netpoint-metrics: cannot read %s (%s); will retry", path, exc)
-                ok = False
-                continue
-            if entries:
-                reads.append((f.prefix, entries))
-        if ok:  # all or nothing per process, so a retry cannot count anything twice
-            for prefix, entries in reads:
-                _merge(archives.setdefault(prefix, {}), prefix, entries)
-            folded.append(ident)
-    if not folded:
-        return result
-    _step("merged")
+        reads = _read_process(directory, ident, listing, result)
+        if reads is None:
+            continue
+        for prefix, entries in reads:
+            _merge(archives.setdefault(prefix, {}), prefix, entries)
+        folded.append(ident)
+    return folded
 
-    new = manifest.Manifest(man.generation + 1, frozenset(still_folded | set(folded)))
-    ident_new = new.archive_ident()
-    tag = f"{os.getpid()}-{new.generation}"
+
+def _read_process(
+    directory: str, ident: str, listing: dirmod.Listing, result: FoldResult
+) -> list[tuple[str, list[tuple[bytes, float, float]]]] | None:
+    """Every archivable file of one dead process, or None if any could not be read."""
+    ok = True
+    reads: list[tuple[str, list[tuple[bytes, float, float]]]] = []
+    for f in listing.files.get(ident, ()):
+        if f.prefix not in names.ARCHIVABLE_PREFIXES:
+            continue  # live and "all" gauges die with their process
+        path = os.path.join(directory, f.filename)
+        try:
+            entries = dbfile.read_entries(path)
+        except dbfile.CorruptFile as exc:
+            log.warning("netpoint-metrics: %s is corrupt (%s); set aside, not archived", path, exc)
+            result.corrupt.append(f.filename)
+            # Never delete what we could not read: move it aside, or keep the process
+            # unfolded if even that fails.
+            ok = _quarantine(directory, f.filename) and ok
+            continue
+        except OSError as exc:  # e.g. EIO, EACCES: maybe passing; try again next fold
+            log.warning("netpoint-metrics: cannot read %s (%s); will retry", path, exc)
+            ok = False
+            continue
+        if entries:
+            reads.append((f.prefix, entries))
+    return reads if ok else None
+
+
+def _write_generation(
+    directory: str,
+    man: manifest.Manifest,
+    folded: list[str],
+    archives: dict[str, dict[bytes, tuple[float, float]]],
+) -> manifest.Manifest:
+    """Step 3c: write generation N+1's archives, then the copy of its manifest."""
+    generation = man.generation + 1
+    ident_new = names.archive_ident(generation)
+    tag = f"{os.getpid()}-{generation}"
+    written = []
     for prefix, entries in archives.items():
         payload = dbfile.encode((k, v, t) for k, (v, t) in entries.items())
-        dbfile.write_atomic(directory, names.db_filename(prefix, ident_new), payload, tag)
+        filename = names.db_filename(prefix, ident_new)
+        dbfile.write_atomic(directory, filename, payload, tag)
+        written.append(filename)
         _step("archive-written")
+    new = manifest.Manifest(generation, man.folded | set(folded), tuple(sorted(written)))
+    manifest.store_generation_copy(directory, new)
+    _step("copy-written")
+    return new
 
-    # 4. Commit.
-    manifest.store(directory, new)
-    _step("committed")
 
-    # 5. Clean up.
-    for f in listing.archives.get(man.generation, ()):
+def _clean_up(
+    directory: str,
+    old: manifest.Manifest,
+    new: manifest.Manifest,
+    folded: list[str],
+    listing: dirmod.Listing,
+) -> None:
+    """Step 5: delete the old generation and the folded files; record what is left."""
+    for f in listing.archives.get(old.generation, ()):
         dirmod.unlink(directory, f.filename)
+    if old.generation:
+        dirmod.unlink(directory, names.generation_filename(old.generation))
     _step("old-archive-deleted")
-    remaining = set(still_folded)
+    remaining = set(old.folded)
     for ident in folded:
         if not _delete_ident(directory, ident, listing):
             remaining.add(ident)
         _step("ident-deleted")
-    manifest.store(directory, manifest.Manifest(new.generation, frozenset(remaining)))
-    result.folded = folded
-    result.generation = new.generation
-    return result
+    manifest.store(directory, manifest.Manifest(new.generation, frozenset(remaining), new.archives))
 
 
 def _merge(
@@ -246,8 +333,15 @@ def _delete_ident(directory: str, ident: str, listing: dirmod.Listing) -> bool:
 
 
 def _quarantine(directory: str, filename: str) -> bool:
-    """Move an unreadable file out of the way without deleting it; True if moved."""
+    """Move an unreadable file out of the way without deleting it; True if moved.
+
+    An earlier file set aside under the same name is never overwritten.
+    """
     target = f"{names.QUARANTINE_PREFIX}{filename}.bad"
+    for _ in range(5):
+        if not os.path.lexists(os.path.join(directory, target)):
+            break
+        target = f"{names.QUARANTINE_PREFIX}{filename}-{secrets.token_hex(3)}.bad"
     try:
         os.rename(os.path.join(directory, filename), os.path.join(directory, target))
     except OSError as exc:
@@ -259,8 +353,6 @@ def _quarantine(directory: str, filename: str) -> bool:
 def _remove_abandoned_lease_tmp(directory: str, name: str) -> None:
     """A lease temp file nobody holds was left by a process that died while starting."""
     path = os.path.join(directory, name)
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:

@@ -45,6 +45,11 @@ def current() -> str:
     return _ident
 
 
+def peek() -> str | None:
+    """This process's identifier if it already has one; never creates one (or a lease)."""
+    return _ident if _pid == os.getpid() else None
+
+
 def _rotate() -> None:
     global _pid, _ident, _lease_fd
     with _lock:

@@ -19,7 +19,7 @@ import fcntl
 import os
 import secrets
 
-from netpoint_metrics.core import names
+from netpoint_metrics.core import names, procinfo
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
@@ -59,7 +59,7 @@ def is_alive(directory: str, ident: str) -> bool:
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
-        return _pid_exists(names.ident_pid(ident))
+        return procinfo.pid_exists(names.ident_pid(ident))
     except OSError:
         return True  # cannot tell: never fold what might be live
     try:
@@ -71,15 +71,3 @@ def is_alive(directory: str, ident: str) -> bool:
     finally:
         os.close(fd)  # closing our own descriptor drops the shared lock we may hold
     return False
-
-
-def _pid_exists(pid: int | None) -> bool:
-    if pid is None or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,4 +1,4 @@
-"""The three calls a server adapter makes: a master starts, a worker starts, a worker died.
+"""The calls a server adapter makes: a master starts, a worker starts, a worker died.
 
 Adapters translate their server's events into these and nothing else, so Gunicorn,
 uWSGI and the CLI share one tested path.
@@ -8,19 +8,34 @@ from __future__ import annotations
 
 import logging
 
-from netpoint_metrics.core import archive, directory, identity
+from netpoint_metrics.core import archive, directory, identity, ownership
 
-log = logging.getLogger("netpoint_metrics")
+log = logging.getLogger(__name__)
+
+#: Why a master refuses to start on a directory (having changed nothing).
+REFUSALS: tuple[type[Exception], ...] = (directory.UnsafeDirectory, ownership.DirectoryOwned)
 
 
-def master_starting(path: str, owner_pid: int, *, inherit: bool = False) -> directory.PrepareResult:
-    """A master is starting (or restarting in place): prepare the directory."""
-    self_ident = identity.current() if identity.installed() == "multiprocess" else None
-    result = directory.prepare(path, owner_pid, self_ident=self_ident, inherit=inherit)
+def claim_directory(path: str) -> bool:
+    """A master is about to use ``path``: check it is safe and take ownership.
+
+    Returns True when this master continues a running owner (USR2, uWSGI reload).
+    Raises :class:`directory.UnsafeDirectory` or :class:`ownership.DirectoryOwned`,
+    having changed nothing, when it must not start.
+    """
+    if ownership.held() == path:
+        return True  # Gunicorn re-reads its config on HUP: same master, same ownership
+    directory.ensure_directory(path)
+    return ownership.claim(path)
+
+
+def master_starting(path: str, *, continued: bool = False) -> directory.PrepareResult:
+    """The owning master is starting (or continuing another): prepare the directory."""
+    result = directory.prepare(path, continued=continued, self_ident=identity.peek())
     log.info(
-        "netpoint-metrics: %s ready (%s; %d files wiped, %d live processes kept)",
+        "netpoint-metrics event=start dir=%s mode=%s wiped=%d kept_live=%d",
         path,
-        result.reason,
+        result.reason.replace(" ", "-"),
         result.wiped,
         result.kept_live,
     )
@@ -28,7 +43,8 @@ def master_starting(path: str, owner_pid: int, *, inherit: bool = False) -> dire
 
 
 def worker_started() -> str:
-    """A worker process began: take its identifier and lease before it serves anything."""
+    """A worker process began: drop the master's ownership, take its own identifier."""
+    ownership.close_in_child()
     return identity.current()
 
 
@@ -41,7 +57,8 @@ def worker_died(path: str) -> archive.FoldResult:
         return archive.FoldResult(busy=True)
     if result.folded:
         log.debug(
-            "netpoint-metrics: folded %d dead process(es) into generation %d in %.1f ms",
+            "netpoint-metrics event=fold dir=%s folded=%d generation=%d ms=%.1f",
+            path,
             len(result.folded),
             result.generation,
             result.seconds * 1000,

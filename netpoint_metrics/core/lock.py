@@ -6,17 +6,24 @@ neither: a dip). ``flock`` on ``netpoint.lock`` gives that, and the kernel relea
 the holder dies. The lock file is opened per operation with ``O_CLOEXEC`` and closed before
 returning: flock belongs to the open file description, so a descriptor kept across a fork
 would be shared with the child.
+
+Only writers (a master preparing the directory, a fold) create the lock file. A scrape or
+a read-only CLI command never creates anything: if the file does not exist yet, nobody has
+ever folded here, so there is nothing to keep apart from.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from netpoint_metrics.core import names
+
+log = logging.getLogger(__name__)
 
 
 class LockTimeout(TimeoutError):
@@ -31,10 +38,23 @@ def _open(directory: str) -> int:
     )
 
 
+def _open_existing(directory: str) -> int | None:
+    try:
+        return os.open(
+            os.path.join(directory, names.LOCK_FILE),
+            os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
+        )
+    except FileNotFoundError:
+        return None
+
+
 @contextmanager
 def shared(directory: str, timeout: float = 5.0) -> Iterator[None]:
     """Hold the shared lock; raise :class:`LockTimeout` after ``timeout`` seconds."""
-    fd = _open(directory)
+    fd = _open_existing(directory)
+    if fd is None:
+        yield
+        return
     try:
         deadline = time.monotonic() + timeout
         delay = 0.0005

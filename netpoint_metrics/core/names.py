@@ -39,6 +39,10 @@ ARCHIVABLE_PREFIXES = SUM_PREFIXES | MIN_PREFIXES | MAX_PREFIXES | RECENT_PREFIX
 LOCK_FILE = "netpoint.lock"
 MANIFEST_FILE = "netpoint-archive.json"
 OWNER_FILE = "netpoint-owner.json"
+OWNER_LOCK_FILE = "netpoint-owner.lock"
+#: Per-generation copy of the manifest, written before the commit (see :mod:`.manifest`).
+GENERATION_PREFIX = "netpoint-archive-"
+GENERATION_SUFFIX = ".json"
 TMP_PREFIX = ".netpoint-tmp-"
 LEASE_PREFIX = "lease_"
 LEASE_SUFFIX = ".lock"
@@ -48,6 +52,9 @@ QUARANTINE_PREFIX = "corrupt-"
 # Our identifiers are "<pid>-<nonce>"; plain "<pid>" is what a stock client writes.
 _IDENT_RE = re.compile(r"^(?P<pid>[0-9]{1,10})(?:-(?P<nonce>[0-9a-f]{6,32}))?$")
 _ARCHIVE_RE = re.compile(r"^archive-(?P<gen>[0-9]{1,18})$")
+_GENERATION_RE = re.compile(r"^netpoint-archive-(?P<gen>[0-9]{1,18})\.json$")
+#: Names an operator or the filesystem may put in the directory that we leave alone.
+TOLERATED_FOREIGN = frozenset({"lost+found"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +137,23 @@ def parse_lease_name(filename: str) -> str | None:
     return None
 
 
+def generation_filename(generation: int) -> str:
+    return f"{GENERATION_PREFIX}{generation}{GENERATION_SUFFIX}"
+
+
+def parse_generation_name(filename: str) -> int | None:
+    """The generation a per-generation manifest copy belongs to, None for other names."""
+    m = _GENERATION_RE.match(filename)
+    return int(m.group("gen")) if m else None
+
+
 def is_ours(filename: str) -> bool:
     """True for every name this toolkit or prometheus-client may create in the directory."""
     return (
         parse_db_name(filename) is not None
         or parse_lease_name(filename) is not None
-        or filename in (LOCK_FILE, MANIFEST_FILE, OWNER_FILE)
+        or parse_generation_name(filename) is not None
+        or filename in (LOCK_FILE, MANIFEST_FILE, OWNER_FILE, OWNER_LOCK_FILE)
         or filename.startswith((TMP_PREFIX, LEASE_TMP_PREFIX))
-        or (filename.startswith(QUARANTINE_PREFIX) and filename.endswith(".db.bad"))
+        or (filename.startswith(QUARANTINE_PREFIX) and filename.endswith(".bad"))
     )

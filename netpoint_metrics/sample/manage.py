@@ -5,15 +5,15 @@ import sys
 
 
 def main() -> None:
-    import netpoint_metrics  # noqa: F401  (before Django loads django_prometheus)
-
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
     from django.core.management import execute_from_command_line
 
     if "migrate" in sys.argv[1:2]:
         from netpoint_metrics.sample.settings import DATABASES
 
-        os.makedirs(os.path.dirname(os.path.abspath(DATABASES["default"]["NAME"])), exist_ok=True)
+        name = str(DATABASES["default"]["NAME"])
+        if DATABASES["default"]["ENGINE"].endswith("sqlite3") and name != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(name)), exist_ok=True)
     execute_from_command_line(sys.argv)
 
 

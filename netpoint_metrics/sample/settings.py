@@ -7,20 +7,30 @@ and cache backends and the before/after middlewares are used.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
-import netpoint_metrics  # noqa: F401  (must come before anything that imports django_prometheus)
 from netpoint_metrics.bootstrap import env_flag
 
-METRICS_ENABLED = env_flag("METRICS_ENABLED", False)
+# NetBox's style: an optional configuration module (NETPOINT_CONFIGURATION) may set
+# METRICS_ENABLED; otherwise the environment does. If both say something, they must agree
+# (checked at start-up by netpoint_metrics.bootstrap).
+_configuration = (
+    importlib.import_module(os.environ["NETPOINT_CONFIGURATION"])
+    if os.environ.get("NETPOINT_CONFIGURATION")
+    else None
+)
+METRICS_ENABLED = getattr(_configuration, "METRICS_ENABLED", None)
+if METRICS_ENABLED is None:
+    METRICS_ENABLED = env_flag("METRICS_ENABLED", False)
 
 SECRET_KEY = os.environ.get("NETPOINT_SECRET_KEY", "netpoint-sample-insecure-dev-key")
 DEBUG = env_flag("NETPOINT_DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("NETPOINT_ALLOWED_HOSTS", "*").split(",")]
 
 INSTALLED_APPS = [
-    "netpoint_metrics",  # first: its import picks the metric value class
+    "netpoint_metrics",  # first: its app config picks the value class before django_prometheus
     "django_prometheus",
     "django.contrib.contenttypes",
     "netpoint_metrics.sample.dcim",
