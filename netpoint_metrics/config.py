@@ -22,10 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 
-log = logging.getLogger(__name__)
+from netpoint_metrics.bootstrap import FALSE_WORDS, TRUE_WORDS  # one list of words
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+log = logging.getLogger(__name__)
 
 #: Boolean settings. All of them, so a typo in any is caught, whichever server reads it.
 BOOL_SETTINGS: tuple[str, ...] = (

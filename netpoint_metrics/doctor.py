@@ -244,10 +244,14 @@ def check_processes(path: str) -> Iterator[Finding]:
             continue
         (alive if lease.is_alive(path, ident) else dead).append(ident)
     owner = ownership.owner_pid(path)
-    if owner is not None:
+    if owner is not None and owner > 0:
         yield Finding(OK, f"owned by a live server master, pid {owner}")
+    elif owner is not None:
+        yield Finding(OK, "owned by a live server master (its pid is not recorded)")
     else:
-        yield Finding(OK, "no live server owns it (the next server start is a fresh start)")
+        record = ownership.read_record(path)
+        last = f"; the last owner, pid {record.pid}, has exited" if record else ""
+        yield Finding(OK, f"no live server owns it{last} (the next server start is a fresh start)")
     yield Finding(
         OK,
         f"{len(alive)} live process(es), archive generation {man.generation}, "

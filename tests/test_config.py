@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -179,3 +180,22 @@ def test_too_new_dependency_warns_and_serves(server_factory, tmp_path) -> None:
     srv = server_factory("gunicorn", env=env, workers=1)
     assert srv.get("/metrics")[0] == 200
     assert "Django 9.0 is above the supported range >=4.2,<6.1" in srv.log_tail(200)
+
+
+def test_too_old_dependency_stops_any_django_entry_point(tmp_path) -> None:
+    """Without our server configs (a project's own Gunicorn config, manage.py), the app
+    refuses at start too."""
+    shadow = fake_dist(tmp_path, "django-prometheus", "2.3.1")
+    env = servers.base_env(tmp_path, metrics=True)
+    env.pop("PROMETHEUS_MULTIPROC_DIR")
+    env["PYTHONPATH"] = f"{shadow}:{env['PYTHONPATH']}"
+    r = subprocess.run(
+        [sys.executable, "-m", "netpoint_metrics.sample.manage", "check"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0
+    assert "django-prometheus 2.3.1 is below the supported range >=2.4,<2.6" in r.stderr
