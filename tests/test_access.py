@@ -8,6 +8,10 @@ right token. The client's address is chosen by binding the test's socket to 127.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+
 import pytest
 
 from netpoint_metrics.core import access
@@ -150,3 +154,96 @@ def test_serve_status_cases(tmp_path) -> None:
         assert exporter.get("/-/healthy", source="127.0.0.2")[0] == 200  # reveals nothing
     finally:
         assert exporter.stop() == 0, exporter.log()
+
+
+PROMETHEUS_CONFIG = """\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: netpoint
+    metrics_path: /metrics
+    authorization:
+      type: Bearer
+      credentials_file: {token_file}
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+  - job_name: wrong-token
+    authorization:
+      credentials_file: {wrong_file}
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+  - job_name: no-token
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+"""
+
+
+def test_prometheus_scrapes_with_the_readme_config(server_factory, tmp_path) -> None:
+    """The README's ``authorization: credentials_file`` config, in a real Prometheus."""
+    import shutil
+    import subprocess
+    import time
+    import urllib.parse
+    import urllib.request
+
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus is not installed: apt-get install prometheus"
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-the-token\n")
+    env = servers.base_env(tmp_path, NETPOINT_METRICS_TOKEN_FILE=str(token_file))
+    srv = server_factory("gunicorn", env=env, workers=1)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        PROMETHEUS_CONFIG.format(token_file=token_file, wrong_file=wrong, port=srv.port)
+    )
+    port = servers.free_port()
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        health: dict[str, tuple[str, str]] = {}
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/v1/targets", timeout=5
+                ) as resp:
+                    targets = json.load(resp)["data"]["activeTargets"]
+                health = {
+                    t["labels"]["job"]: (t["health"], t.get("lastError", "")) for t in targets
+                }
+            except OSError:
+                pass
+            if len(health) == 3 and all(h != "unknown" for h, _ in health.values()):
+                break
+            time.sleep(0.5)
+        assert health.get("netpoint", ("?",))[0] == "up", health
+        assert health["wrong-token"][0] == "down" and "403" in health["wrong-token"][1], health
+        assert health["no-token"][0] == "down" and "401" in health["no-token"][1], health
+        query = urllib.parse.quote('django_http_requests_total_by_method_total{job="netpoint"}')
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/v1/query?query={query}", timeout=5
+        ) as resp:
+            assert json.load(resp)["data"]["result"], "no samples scraped with the token"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
