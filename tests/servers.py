@@ -61,6 +61,7 @@ def base_env(tmp_path: Path, metrics: bool = True, **extra: str) -> dict[str, st
 def migrate(env: dict[str, str]) -> None:
     menv = dict(env, METRICS_ENABLED="0")
     menv.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    menv.pop("NETPOINT_CONFIGURATION", None)
     subprocess.run(
         [sys.executable, "-m", "netpoint_metrics.sample.manage", "migrate", "--noinput", "-v0"],
         env=menv,
@@ -253,3 +254,99 @@ def total(samples: dict, name: str, **labels: str) -> float:
     """Sum of every series of ``name`` whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def run_to_exit(
+    kind: str, tmp_path: Path, env: dict[str, str], timeout: float = 60.0
+) -> tuple[int, str]:
+    """Start ``kind`` expecting it to refuse: wait for its exit, return (status, output)."""
+    if kind == "gunicorn":
+        cmd = [binary("gunicorn"), "-c", str(ROOT / "gunicorn_conf.py")]
+    else:
+        cmd = [binary("uwsgi"), "--ini", str(ROOT / "uwsgi.ini")]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=10)
+        raise AssertionError(
+            f"{kind} did not exit within {timeout}s:\n{out.decode()[-3000:]}"
+        ) from None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``netpoint-metrics`` as an operator would, with the server's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "netpoint_metrics.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_fifo(fifo: Path, command: bytes) -> None:
+    """Send a command to a uWSGI master FIFO."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, command)
+    finally:
+        os.close(fd)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy; fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the server's workers, for a master)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def counters(samples: dict) -> dict:
+    """The samples that must never decrease: counter totals, histogram buckets/counts/sums."""
+    return {
+        k: v
+        for k, v in samples.items()
+        if k[0].endswith(("_total", "_bucket", "_count", "_sum")) and "migrations" not in k[0]
+    }
+
+
+def assert_never_decreased(before: dict, after: dict) -> None:
+    drops = {
+        k: (v, after.get(k, 0.0)) for k, v in counters(before).items() if after.get(k, 0.0) < v
+    }
+    assert not drops, f"counters went down: {list(drops.items())[:5]}"
