@@ -1,4 +1,4 @@
-"""Run ``netpoint-metrics`` commands, and the ``serve`` exporter, as real subprocesses."""
+"""The ``serve`` exporter as a real subprocess, and GETs from a chosen loopback address."""
 
 from __future__ import annotations
 
@@ -13,18 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.servers import ROOT, free_port
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """``python -m netpoint_metrics.cli ARGS`` with ``env``; output captured as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "netpoint_metrics.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def get(

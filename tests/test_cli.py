@@ -22,7 +22,8 @@ from netpoint_metrics.cli import main
 from netpoint_metrics.core import access
 from tests import servers
 from tests.core_support import FakeProcess, key
-from tests.serve_support import cli, get, start_exporter
+from tests.serve_support import get, start_exporter
+from tests.servers import cli
 
 K = key("c", "c_total", {"view": "x"})
 COMMANDS = ["doctor", "inspect", "collect", "compact", "wipe", "serve"]
@@ -326,11 +327,7 @@ def test_uwsgi_reload_after_every_command_keeps_counters(server_factory, tmp_pat
     before = site_gets(srv.scrape())
     assert before == 5
     old = children(srv.pid)
-    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    try:
-        os.write(fd, b"r")
-    finally:
-        os.close(fd)
+    servers.write_fifo(fifo, b"r")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (children(srv.pid) & old or not children(srv.pid)):
         time.sleep(0.1)
