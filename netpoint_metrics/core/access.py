@@ -15,13 +15,15 @@ apply exactly the same rules:
 
 Settings are parsed once (:func:`policy`); a bad one is an :class:`AccessConfigError` that
 names the setting, raised at start-up by the callers, never a silently open endpoint.
-Tokens are compared with :func:`hmac.compare_digest`, against every configured token, so the
-answer's timing does not tell how much of a guess was right.
+Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every
+configured token, so the answer's timing tells neither how much of a guess was right nor
+how long the token is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -61,7 +63,10 @@ ALLOW = Decision(200)
 
 @dataclass(frozen=True)
 class Policy:
-    """Parsed access settings. Empty ``tokens`` and ``networks``: everyone may read."""
+    """Parsed access settings. Empty ``tokens`` and ``networks``: everyone may read.
+
+    ``tokens`` holds SHA-256 digests, never the tokens themselves.
+    """
 
     tokens: tuple[bytes, ...] = ()
     networks: tuple[Network, ...] = ()
@@ -70,7 +75,7 @@ class Policy:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Policy:
         env = os.environ if environ is None else environ
-        tokens = _tokens(env)
+        tokens = tuple(_digest(t) for t in _tokens(env))
         networks = _networks(env.get(ENV_ALLOW, ""))
         sources = tuple(n for n in (ENV_TOKEN, ENV_TOKEN_FILE, ENV_ALLOW) if env.get(n, "").strip())
         return cls(tokens, networks, sources)
@@ -104,9 +109,10 @@ class Policy:
                 "no bearer token",
             )
         # Compare with every token, always: no early exit that timing could reveal.
+        digest = _digest(given)
         match = False
         for token in self.tokens:
-            match |= hmac.compare_digest(given, token)
+            match |= hmac.compare_digest(digest, token)
         if not match:
             return Decision(403, reason="wrong bearer token")
         return ALLOW
@@ -121,6 +127,10 @@ class Policy:
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
         return any(addr in net for net in self.networks)
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
 
 
 def _bearer(authorization: str | None) -> bytes | None:
