@@ -77,6 +77,7 @@ def run(path: str | None, environ: Mapping[str, str] | None = None) -> list[Find
         guarded(lambda: check_files(d), "the directory's files")
         guarded(lambda: check_processes(d), "processes")
         guarded(lambda: check_space(d), "free space")
+        guarded(lambda: check_filesystem(d), "the filesystem")
     return findings
 
 
@@ -239,6 +240,7 @@ def check_processes(path: str) -> Iterator[Finding]:
     man = manifest.load(path)
     alive: list[str] = []
     dead: list[str] = []
+    plain = sorted(i for i in found.idents() if names.is_process_ident(i) and "-" not in i)
     for ident in sorted(found.idents()):
         if ident in man.folded:
             continue
@@ -257,6 +259,12 @@ def check_processes(path: str) -> Iterator[Finding]:
         f"{len(alive)} live process(es), archive generation {man.generation}, "
         f"{len(dead)} dead process(es) waiting for a fold",
     )
+    if plain:
+        yield Finding(
+            WARN,
+            f"{len(plain)} process(es) write with a bare pid ({_few(plain)}): they did not "
+            "call netpoint_metrics.setup(), so a reused pid would continue their counters",
+        )
     if len(dead) > MAX_DEAD_UNFOLDED:
         yield Finding(
             FAIL,
@@ -278,6 +286,45 @@ def check_space(path: str) -> Iterator[Finding]:
         yield Finding(OK, text)
     if st.f_files and st.f_favail < 1000:
         yield Finding(FAIL, f"only {st.f_favail} inodes free on the directory's filesystem")
+
+
+#: Filesystems where flock does not reliably tell a dead writer from a live one.
+REMOTE_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "9p", "fuse.sshfs", "ceph", "glusterfs"})
+
+
+def check_filesystem(path: str) -> Iterator[Finding]:
+    fstype = filesystem_type(path)
+    if fstype is None:
+        return
+    if fstype in REMOTE_FS:
+        yield Finding(
+            FAIL,
+            f"{path} is on {fstype}: leases need local flock; use a tmpfs or a local disk",
+        )
+    elif fstype == "tmpfs":
+        yield Finding(OK, f"{path} is on tmpfs")
+    else:
+        yield Finding(OK, f"{path} is on {fstype} (a tmpfs is faster and is emptied on reboot)")
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem ``path`` is on, from /proc/self/mountinfo (Linux)."""
+    real = os.path.realpath(path)
+    best, best_type = "", None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                mount = fields[4].replace("\\040", " ")
+                inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, best_type = mount, right.split()[0]
+    except OSError:
+        return None
+    return best_type
 
 
 def _few(items: list[str], n: int = 5) -> str:

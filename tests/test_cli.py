@@ -404,3 +404,19 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path) -> None:
     exporter.proc.send_signal(signal.SIGTERM)
     assert exporter.proc.wait(15) == 0, exporter.log()
     assert "serving" in Path(exporter.log_path).read_text()
+
+
+def test_doctor_filesystem_and_bare_pid_writers(clean_env, tmp_path, capsys) -> None:
+    d = tmp_path / "metrics"
+    d.mkdir(mode=0o700)
+    bare = FakeProcess(str(d), ident=str(os.getpid()))  # a writer without our identity
+    bare.add("counter", K, 1)
+    assert main(["--dir", str(d), "doctor"]) == 0
+    out = findings(capsys)
+    assert any(ln.startswith("[warn]") and "bare pid" in ln for ln in out), out
+    fstype = doctor.filesystem_type(str(d))
+    assert fstype and any(f"is on {fstype}" in ln for ln in out), out
+    clean_env.setattr(doctor, "filesystem_type", lambda path: "nfs4")
+    assert main(["--dir", str(d), "doctor"]) == 1
+    assert any("local flock" in ln for ln in findings(capsys))
+    bare.kill()
