@@ -35,6 +35,15 @@ class NetpointMetricsConfig(AppConfig):
     def ready(self) -> None:
         if not bootstrap.metrics_enabled():
             return
+        from netpoint_metrics import config
+        from netpoint_metrics.core import access
+
+        try:
+            access.policy()  # parse the /metrics access settings now: a bad one stops the start
+        except access.AccessConfigError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
+        if too_old := [c.message() for c in config.version_checks() if c.too_old]:
+            raise ImproperlyConfigured("; ".join(too_old))
         _check_value_class()
         from netpoint_metrics import metrics
 

@@ -1,12 +1,17 @@
 """``netpoint-metrics``: look after a multiprocess directory from the shell.
 
-    netpoint-metrics doctor            check settings and the directory, exit 1 on problems
+    netpoint-metrics doctor            check settings and the directory (exit 1 on problems)
     netpoint-metrics inspect [--json]  processes, liveness, files, archive generation
     netpoint-metrics collect           print what /metrics would serve (text format)
     netpoint-metrics compact           fold dead processes now (waits for the lock)
-    netpoint-metrics wipe              delete archives and dead processes' files
+    netpoint-metrics wipe              delete archives and dead processes' files (server stopped)
+    netpoint-metrics serve             serve the aggregate on a port of its own
 
-The directory is ``--dir`` or ``PROMETHEUS_MULTIPROC_DIR``. Nothing here imports Django.
+Exit codes: 0 healthy / done, 1 problems found or refused, 2 usage (bad arguments, no
+directory). The directory is ``--dir`` or ``PROMETHEUS_MULTIPROC_DIR``; run the commands
+with the server's environment. Importing this module installs no value class, takes no
+identity and creates no file; ``inspect``, ``doctor``, ``collect`` and ``serve`` never
+create a file in the directory, and no command writes the owner record.
 """
 
 from __future__ import annotations
@@ -14,18 +19,48 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from netpoint_metrics.core import archive, dbfile, directory, lease, listing, manifest, names
+from netpoint_metrics.core import (
+    archive,
+    directory,
+    identity,
+    lease,
+    listing,
+    manifest,
+    names,
+    ownership,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
-def _dir(args: argparse.Namespace) -> str:
-    path = args.dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+class UsageError(Exception):
+    """The command line cannot be acted on (exit 2)."""
+
+
+class Refused(Exception):
+    """The command found a problem or refused to act (exit 1)."""
+
+
+def _raw_dir(args: argparse.Namespace) -> str:
+    path = args.dir or identity.multiproc_dir()
     if not path:
-        raise SystemExit("no directory: pass --dir or set PROMETHEUS_MULTIPROC_DIR")
-    return directory.ensure_directory(path, create=False)
+        raise UsageError("no directory: pass --dir or set PROMETHEUS_MULTIPROC_DIR")
+    return str(path)
+
+
+def _dir(args: argparse.Namespace, *, writes: bool = False) -> str:
+    """The checked directory; commands that write also refuse one holding foreign files."""
+    try:
+        return directory.ensure_directory(_raw_dir(args), create=False, check_contents=writes)
+    except directory.UnsafeDirectory as exc:
+        raise Refused(str(exc)) from None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -51,25 +86,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
     report = {
         "directory": path,
+        "owner_pid": ownership.owner_pid(path),
         "archive_generation": man.generation,
         "archives": sorted(f.filename for f in found.archives.get(man.generation, [])),
         "stale_archives": sorted(
             f.filename for g, fs in found.archives.items() if g != man.generation for f in fs
         ),
+        "foreign": sorted(found.foreign),
+        "quarantined": sorted(n for n in os.listdir(path) if n.startswith(names.QUARANTINE_PREFIX)),
         "processes": procs,
         "db_files": sum(len(p["files"]) for p in procs)
         + sum(len(fs) for fs in found.archives.values()),
     }
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return EXIT_OK
     print(f"directory  {path}")
+    print(f"owner      {report['owner_pid'] or 'none alive'}")
     print(f"archive    generation {man.generation}: {', '.join(report['archives']) or '-'}")
     print(f"db files   {report['db_files']}")
     for p in procs:
         state = "folded" if p["folded"] else ("alive" if p["alive"] else "dead")
         print(f"  {p['ident']:<28} {state:<7} {len(p['files']):>2} files {p['bytes']:>9} bytes")
-    return 0
+    return EXIT_OK
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -80,17 +119,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DirectoryCollector(_dir(args)))
     sys.stdout.write(generate_latest(registry).decode())
-    return 0
+    return EXIT_OK
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    path = _dir(args)
+    path = _dir(args, writes=True)
     folded, corrupt, seconds, generation = 0, 0, 0.0, 0
     for _ in range(10_000):  # batches; bounded
         result = archive.fold(path, wait=True, timeout=args.timeout)
         if result.busy:
-            print("directory stayed locked; stopping", file=sys.stderr)
-            return 1
+            raise Refused(f"{path} stayed locked for {args.timeout}s; nothing folded")
         folded += len(result.folded)
         corrupt += len(result.corrupt)
         seconds += result.seconds
@@ -101,86 +139,158 @@ def cmd_compact(args: argparse.Namespace) -> int:
         f"folded {folded} dead process(es) into generation {generation} "
         f"in {seconds * 1000:.1f} ms; {corrupt} unreadable file(s) set aside"
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_wipe(args: argparse.Namespace) -> int:
-    path = _dir(args)
+    """Delete archives and dead processes' files; never the owner record or the locks.
+
+    Refused while a server master owns the directory (its counters would drop to zero,
+    which Prometheus reads as a reset), even with ``--force``; live writers that are not
+    a server (a ``manage.py`` command, a job) also stop it unless ``--force``, which keeps
+    their files. :func:`netpoint_metrics.core.directory.wipe` does the work.
+    """
+    path = _dir(args, writes=True)
     try:
         result = directory.wipe(path, force=args.force)
     except directory.DirectoryInUse as exc:
-        print(f"netpoint-metrics: {exc}", file=sys.stderr)
-        return 1
+        raise Refused(str(exc)) from None
     print(f"wiped {result.wiped} file(s); kept {result.kept_live} live process(es)")
-    return 0
+    return EXIT_OK
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from netpoint_metrics.bootstrap import metrics_enabled
+    from netpoint_metrics import doctor
 
-    problems = 0
+    findings = doctor.run(args.dir)
+    for finding in findings:
+        print(finding.line())
+    code = doctor.exit_code(findings)
+    problems = sum(f.level == doctor.FAIL for f in findings)
+    print(f"{problems} problem(s) found" if problems else "healthy")
+    return code
 
-    def report(ok: bool, text: str) -> None:
-        nonlocal problems
-        problems += not ok
-        print(f"[{'ok' if ok else 'FAIL'}] {text}")
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from netpoint_metrics import config, serve
+    from netpoint_metrics.core import access
+
+    path = _dir(args)
     try:
-        enabled = metrics_enabled()
-        report(True, f"METRICS_ENABLED parses ({enabled})")
+        serve.parse_bind(args.bind)
     except ValueError as exc:
-        report(False, str(exc))
-    raw = args.dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not raw:
-        report(False, "PROMETHEUS_MULTIPROC_DIR is not set (the servers make a private one)")
-        return 1
+        raise UsageError(str(exc)) from None
     try:
-        path = directory.ensure_directory(raw, create=False)
-        report(True, f"{path} is a private directory we own")
-    except directory.UnsafeDirectory as exc:
-        report(False, str(exc))
-        return 1
-    bad = []
-    for entry in os.scandir(path):
-        if entry.name.endswith(".db") and names.parse_db_name(entry.name) is None:
-            bad.append(entry.name)
-        elif entry.name.endswith(".db"):
-            try:
-                dbfile.read_entries(entry.path)
-            except dbfile.CorruptFile as exc:
-                bad.append(f"{entry.name} ({exc})")
-    report(not bad, f"{len(bad)} unreadable or foreign .db file(s) {bad[:5] if bad else ''}")
-    quarantined = [n for n in os.listdir(path) if n.startswith(names.QUARANTINE_PREFIX)]
-    report(not quarantined, f"{len(quarantined)} quarantined file(s) set aside by folds")
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
-    report(free > 64 << 20, f"{free >> 20} MiB free on the directory's filesystem")
-    return 1 if problems else 0
+        config.check_startup(who="netpoint-metrics serve")
+    except config.StartupError as exc:
+        raise Refused(str(exc.code).split(": ", 1)[-1]) from None
+    try:
+        policy = access.Policy.from_env()
+    except access.AccessConfigError as exc:
+        raise Refused(str(exc)) from None
+    try:
+        return serve.serve(path, args.bind, policy)
+    except OSError as exc:
+        raise Refused(f"cannot listen on {args.bind}: {exc.strerror or exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        prog="netpoint-metrics",
+        description=doc.split("\n")[0].replace("``", ""),
+        epilog=doc.split("\n\n", 2)[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dir", help="multiprocess directory (default: PROMETHEUS_MULTIPROC_DIR)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str, description: str) -> argparse.ArgumentParser:  # noqa: A002
+        p = sub.add_parser(name, help=help, description=description)
+        p.set_defaults(func=func)
+        return p
+
+    add(
+        "doctor",
+        cmd_doctor,
+        "check versions, settings, access, the directory and its files",
+        "Report every misconfiguration this command can see, one line each: dependency "
+        "versions, boolean and numeric settings, /metrics access settings, directory "
+        "safety, foreign, unreadable, corrupt or quarantined files, free space, the owning "
+        "server. Exit 1 if any line says FAIL. Reads only; creates nothing.",
+    )
+    p = add(
+        "inspect",
+        cmd_inspect,
+        "list processes, files and archives",
+        "Processes (alive, dead, folded), their files, the owning server and the archive "
+        "generation. Reads only; creates nothing.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add(
+        "collect",
+        cmd_collect,
+        "print the aggregate in text format",
+        "Print what /metrics would serve, in the Prometheus text format. Reads only.",
+    )
+    p = add(
+        "compact",
+        cmd_compact,
+        "fold dead processes now",
+        "Fold every dead process's files into the archives now (servers do this on their "
+        "own events). Totals do not change.",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the lock")
+    p = add(
+        "wipe",
+        cmd_wipe,
+        "delete archives and dead processes' files (server stopped)",
+        "Delete the archives and every dead process's files: counters restart from zero. "
+        "Refused while a server owns the directory. Never touches the owner record or the "
+        "lock files.",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the lock")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="even while non-server processes write here (their files are kept)",
+    )
+    p = add(
+        "serve",
+        cmd_serve,
+        "serve the aggregate on a port of its own",
+        "A small threaded HTTP exporter of the directory's aggregate at /metrics, with a "
+        "warm cache and the same access settings as the Django view "
+        "(NETPOINT_METRICS_TOKEN[_FILE], NETPOINT_METRICS_ALLOW). Reads only: it never "
+        "folds or writes. Stops on SIGTERM/SIGINT.",
+    )
+    p.add_argument(
+        "--bind",
+        default=os.environ.get("NETPOINT_SERVE_BIND", "127.0.0.1:9808"),
+        help="HOST:PORT to listen on (default: NETPOINT_SERVE_BIND or 127.0.0.1:9808)",
+    )
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="netpoint-metrics", description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", help="multiprocess directory (default: PROMETHEUS_MULTIPROC_DIR)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="list processes, files and archives")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_inspect)
-    sub.add_parser("collect", help="print the aggregate in text format").set_defaults(
-        func=cmd_collect
-    )
-    p = sub.add_parser("compact", help="fold dead processes now")
-    p.add_argument("--timeout", type=float, default=10.0)
-    p.set_defaults(func=cmd_compact)
-    p = sub.add_parser("wipe", help="delete archives and dead processes' files")
-    p.add_argument("--force", action="store_true", help="even while live processes exist")
-    p.set_defaults(func=cmd_wipe)
-    sub.add_parser("doctor", help="check settings and directory").set_defaults(func=cmd_doctor)
-    args = parser.parse_args(argv)
+    parser = build_parser()
     try:
-        return args.func(args)
-    except directory.UnsafeDirectory as exc:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return, do not exit
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
         print(f"netpoint-metrics: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Refused as exc:
+        print(f"netpoint-metrics {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
 
 
 if __name__ == "__main__":

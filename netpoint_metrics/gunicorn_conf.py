@@ -8,6 +8,7 @@ ours from it.
 
 import os
 
+from netpoint_metrics import config as netpoint_config  # not "config": a Gunicorn setting
 from netpoint_metrics.gunicorn import (  # noqa: F401  (hooks Gunicorn looks up by name)
     child_exit,
     configure_environment,
@@ -24,17 +25,14 @@ SAMPLE_APP = "netpoint_metrics.sample.wsgi:application"
 wsgi_app = os.environ.get("NETPOINT_WSGI_APP", SAMPLE_APP)
 if wsgi_app == SAMPLE_APP:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
+# Every NETPOINT_* setting, the access settings and dependency versions, checked before
+# anything starts: a wrong one exits here with one line naming it.
+netpoint_config.check_startup(who="gunicorn_conf.py")
 configure_environment()
 
 
 def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a whole number") from None
+    return netpoint_config.env_int(name, default, minimum=netpoint_config.INT_SETTINGS.get(name, 0))
 
 
 bind = [
@@ -45,7 +43,7 @@ max_requests = _int("NETPOINT_MAX_REQUESTS", 0)
 max_requests_jitter = _int("NETPOINT_MAX_REQUESTS_JITTER", 0)
 timeout = _int("NETPOINT_TIMEOUT", 30)
 graceful_timeout = _int("NETPOINT_GRACEFUL_TIMEOUT", 30)
-preload_app = os.environ.get("NETPOINT_PRELOAD", "").lower() in ("1", "true", "yes", "on")
+preload_app = netpoint_config.env_bool("NETPOINT_PRELOAD")
 accesslog = os.environ.get("NETPOINT_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("NETPOINT_LOG_LEVEL", "info")

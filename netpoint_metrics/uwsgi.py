@@ -24,7 +24,7 @@ from typing import Any
 
 import uwsgi  # only importable inside a uWSGI process
 
-from netpoint_metrics import bootstrap, private_dir
+from netpoint_metrics import bootstrap, config, private_dir
 from netpoint_metrics.core import identity, lifecycle
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 SAMPLE_APP = "netpoint_metrics.sample.wsgi:application"
 #: Set by the master once it prepared the directory; workers inherit it.
 ENV_READY = "NETPOINT_METRICS_UWSGI_READY"
+
+
+def _check_settings() -> None:
+    """Every NETPOINT_* setting, access settings, dependency versions: one line, exit 1."""
+    try:
+        config.check_startup(who="uwsgi")
+    except config.StartupError as exc:
+        print(exc.code, file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def _master_setup() -> str | None:
@@ -114,6 +123,7 @@ application = _Application()
 if os.environ.get("NETPOINT_WSGI_APP", SAMPLE_APP) == SAMPLE_APP:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
 if os.getpid() == uwsgi.masterpid():
+    _check_settings()
     _master_setup()
     from uwsgidecorators import postfork
 

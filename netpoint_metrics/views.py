@@ -18,10 +18,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.django import PrometheusDjangoView
 
 from netpoint_metrics.bootstrap import metrics_enabled
-from netpoint_metrics.core import identity
+from netpoint_metrics.core import access, identity
 from netpoint_metrics.core.collect import DirectoryCollector
 from netpoint_metrics.core.lock import LockTimeout
 from netpoint_metrics.migration_metrics import MigrationCollector
+from netpoint_metrics.registry import new_registry
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,26 @@ def get_registry() -> CollectorRegistry:
                 REGISTRY.register(_single_migrations)
             return REGISTRY
         if _registry is None or _registry[:2] != (os.getpid(), path):
-            registry = CollectorRegistry(auto_describe=False)
+            registry = new_registry()
             registry.register(DirectoryCollector(path, fold_every=FOLD_EVERY))
             registry.register(MigrationCollector())
             _registry = (os.getpid(), path, registry)
         return _registry[2]
+
+
+def access_denied(request) -> HttpResponse | None:
+    """The shared access policy (:mod:`netpoint_metrics.core.access`); None: serve it."""
+    decision = access.policy().check(
+        request.META.get("HTTP_AUTHORIZATION"), request.META.get("REMOTE_ADDR")
+    )
+    if decision.allowed:
+        return None
+    response = HttpResponse(
+        f"{decision.reason}\n", status=decision.status, content_type="text/plain"
+    )
+    for name, value in decision.headers:
+        response[name] = value
+    return response
 
 
 class MetricsView(PrometheusDjangoView):
@@ -56,6 +72,8 @@ class MetricsView(PrometheusDjangoView):
     def get(self, request, *args, **kwargs):
         if not metrics_enabled():
             raise Http404("metrics are disabled")
+        if (denied := access_denied(request)) is not None:
+            return denied
         self.registry = get_registry()
         try:
             return super().get(request, *args, **kwargs)
@@ -73,4 +91,6 @@ class MetricsView(PrometheusDjangoView):
     def options(self, request, *args, **kwargs):
         if not metrics_enabled():
             raise Http404("metrics are disabled")
+        if (denied := access_denied(request)) is not None:
+            return denied
         return super().options(request, *args, **kwargs)
