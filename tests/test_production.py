@@ -341,3 +341,55 @@ def test_job_counters_exact_with_rq_processes_sigkilled(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         conn.close()
+
+
+# -- a NetBox-shaped project adopts the toolkit with settings alone ----------------------
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_netbox_shaped_project_gets_our_metrics_view_without_url_changes(
+    server_factory, tmp_path, kind
+) -> None:
+    """django_prometheus.urls is included at the root, as in NetBox, yet our view answers."""
+    env = servers.base_env(
+        tmp_path,
+        DJANGO_SETTINGS_MODULE="tests.netboxlike.settings",
+        NETPOINT_WSGI_APP="tests.netboxlike.wsgi:application",
+    )
+    srv = server_factory(kind, env=env, workers=2)
+    for i in range(6):
+        call(srv, "POST", "/api/sites/", {"name": f"n{i}", "slug": f"n{i}"}, 201)
+    call(srv, "POST", "/graphql/", {"query": "{ sites { slug } }"})
+    # Ours negotiates OpenMetrics; django-prometheus's ExportToDjangoView never does.
+    status, headers, body = srv.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert status == 200 and headers["content-type"].startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+    s = srv.scrape()
+    by_view = "rest_api_requests_total_by_view_method_total"
+    assert value(s, by_view, view="site-list", method="POST") == 6  # summed over both workers
+    assert value(s, by_view, view="site-list", method="GET") == 1  # the readiness probe
+    assert value(s, "graphql_api_requests_total") == 1
+    assert value(s, "django_model_inserts_total", model="site") == 6
+    # The scrapes resolved to the route django-prometheus's middlewares know.
+    views = "django_http_requests_total_by_view_transport_method_total"
+    assert value(s, views, view="prometheus-django-metrics", transport="http", method="GET") == 2
+    assert value(s, "netpoint_http_requests_in_progress") == 1  # the middleware is installed
+    assert [n for n, _ in s if n == "netpoint_metrics_build_info"]
+
+
+def test_live_gauges_exist_only_where_the_middleware_runs(tmp_path) -> None:
+    """Loading the app and its metrics writes no worker gauge: only the middleware does."""
+    env = servers.base_env(tmp_path)
+    servers.migrate(env)
+    code = (
+        "import django; django.setup()\n"
+        "from netpoint_metrics import metrics, rq_metrics, netbox_metrics\n"
+        "netbox_metrics.Metrics.get_instance()\n"
+        "metrics.export_build_info()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=servers.ROOT, check=True, timeout=60)
+    files = sorted(os.listdir(env["PROMETHEUS_MULTIPROC_DIR"]))
+    assert not [f for f in files if f.startswith("gauge_livesum_")], files
+    assert [f for f in files if f.startswith("gauge_livemax_")], files  # build info was set

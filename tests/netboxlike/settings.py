@@ -1,0 +1,52 @@
+"""Settings shaped like NetBox's ``netbox/settings.py`` (only what matters here)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import netpoint_metrics  # noqa: F401  (the toolkit's one line before django_prometheus loads)
+
+configuration = importlib.import_module(
+    os.environ.get("NETBOXLIKE_CONFIGURATION", "tests.netboxlike.configuration")
+)
+METRICS_ENABLED = getattr(configuration, "METRICS_ENABLED", False)
+
+SECRET_KEY = "netboxlike-test-key"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.netboxlike.urls"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+PROMETHEUS_EXPORT_MIGRATIONS = False
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django_prometheus",
+    "netpoint_metrics.sample.dcim",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+if METRICS_ENABLED:
+    MIDDLEWARE = [
+        "netpoint_metrics.netbox_metrics.PrometheusBeforeMiddleware",
+        *MIDDLEWARE,
+        "netpoint_metrics.netbox_metrics.PrometheusAfterMiddleware",
+    ]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django_prometheus.db.backends.sqlite3"
+        if METRICS_ENABLED
+        else "django.db.backends.sqlite3",
+        "NAME": os.environ["NETPOINT_DB_PATH"],
+        "OPTIONS": {"timeout": 20},
+    }
+}
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# -- what adopting netpoint-metrics adds (a NetBox plugin appends exactly these) --------
+INSTALLED_APPS.append("netpoint_metrics")
+MIDDLEWARE.append("netpoint_metrics.middleware.NetpointMetricsMiddleware")
