@@ -30,8 +30,9 @@ if _setup is not None:
 
 
 class NetpointMetricsPlugin(PluginConfig):
+    # The label stays Django's default, "netbox_plugin": NetBox looks a plugin's app up by
+    # the last part of its module path.
     name = "netpoint_metrics.netbox_plugin"
-    label = "netpoint_metrics_netbox"
     verbose_name = "netpoint-metrics"
     description = "Exact, bounded Prometheus metrics under multi-process Gunicorn and uWSGI"
     version = netpoint_metrics.__version__
