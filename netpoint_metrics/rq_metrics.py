@@ -34,14 +34,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import rq.exceptions
 from django_rq.queues import DjangoRQ
-from rq.exceptions import AbandonedJobError
 from rq.worker import Worker
 
 from netpoint_metrics import metrics
 from netpoint_metrics.core import identity, lifecycle
 
 log = logging.getLogger(__name__)
+
+#: What RQ's registry clean-up reports for a job whose processes all died (RQ >= 2.x).
+_ABANDONED = getattr(rq.exceptions, "AbandonedJobError", None)
 
 
 def _job_name(job: Any) -> str:
@@ -145,7 +148,7 @@ def _count(counter: Any, queue_name: str, job: Any) -> None:
 
 def _count_abandoned(job: Any, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
     """Exception handler: RQ's registry clean-up reports a job whose processes all died."""
-    if exc_type is AbandonedJobError:
+    if _ABANDONED is not None and exc_type is _ABANDONED:
         try:
             metrics.JOBS_FAILED.labels(job.origin, _job_name(job)).inc()
         except Exception:

@@ -29,9 +29,12 @@ from pathlib import Path
 import pytest
 
 from netpoint_metrics.core import directory, lease
-from tests import servers
+from tests import servers, services
 from tests.servers import total, value
-from tests.services import postgres, redis_server  # noqa: F401  (module fixtures)
+
+# Module-scoped fixtures: one PostgreSQL and one Redis for this whole module.
+postgres = services.postgres
+redis_server = services.redis_server
 
 SERVERS = ["gunicorn", "uwsgi"]
 AUDIT = "netpoint_metrics.sample.dcim.jobs.audit_device"
@@ -39,9 +42,7 @@ MISSING_DEVICE = 987654321
 
 
 def production_env(tmp_path: Path, pg, rd, **extra: str) -> dict[str, str]:
-    return servers.base_env(
-        tmp_path, DATABASE_URL=pg.database(), REDIS_URL=rd.database(), **extra
-    )
+    return servers.base_env(tmp_path, DATABASE_URL=pg.database(), REDIS_URL=rd.database(), **extra)
 
 
 def call(srv: servers.Server, method: str, path: str, body=None, want: int = 200, **kw) -> bytes:
@@ -130,9 +131,7 @@ def check_web(s: dict, rounds: int) -> None:
         ("device-detail", "PATCH"): r,
         ("device-detail", "DELETE"): r,
     }
-    got = {
-        (dict(ls)["view"], dict(ls)["method"]): v for (n, ls), v in s.items() if n == by_view
-    }
+    got = {(dict(ls)["view"], dict(ls)["method"]): v for (n, ls), v in s.items() if n == by_view}
     assert got == expect
     by_method = "rest_api_requests_total_by_method_total"
     assert value(s, by_method, method="GET") == 1 + 5 * r
@@ -152,7 +151,11 @@ def counter_samples(s: dict) -> dict:
 
 @pytest.mark.parametrize("kind", SERVERS)
 def test_postgres_redis_and_netbox_counters_exact_across_recycles(
-    server_factory, tmp_path, postgres, redis_server, kind  # noqa: F811
+    server_factory,
+    tmp_path,
+    postgres,
+    redis_server,
+    kind,
 ) -> None:
     env = production_env(
         tmp_path,
@@ -160,6 +163,7 @@ def test_postgres_redis_and_netbox_counters_exact_across_recycles(
         redis_server,
         NETPOINT_MAX_REQUESTS="5",  # every worker recycles several times per round
         NETPOINT_MIN_WORKER_LIFETIME="0",
+        NETPOINT_THREADS="3",  # Gunicorn's gthread worker, as NetBox runs it (uWSGI ignores it)
     )
     srv = server_factory(kind, env=env, workers=2)
     first_workers = children(srv.pid)
@@ -244,7 +248,11 @@ def enqueue(srv: servers.Server, device: int, hold: float = 0) -> str:
 
 @pytest.mark.parametrize("kind", SERVERS)
 def test_job_counters_exact_with_rq_processes_sigkilled(
-    server_factory, tmp_path, postgres, redis_server, kind  # noqa: F811
+    server_factory,
+    tmp_path,
+    postgres,
+    redis_server,
+    kind,
 ) -> None:
     import redis
     from rq import Queue
@@ -393,3 +401,76 @@ def test_live_gauges_exist_only_where_the_middleware_runs(tmp_path) -> None:
     files = sorted(os.listdir(env["PROMETHEUS_MULTIPROC_DIR"]))
     assert not [f for f in files if f.startswith("gauge_livesum_")], files
     assert [f for f in files if f.startswith("gauge_livemax_")], files  # build info was set
+
+
+# -- the production settings files -----------------------------------------------------
+
+
+def env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, val = line.partition("=")
+            assert sep and key == key.strip() and key.isupper(), f"{path}: bad line {line!r}"
+            out[key] = val
+    return out
+
+
+def test_production_settings_files_agree_and_load(tmp_path, postgres, redis_server) -> None:
+    """The env file, the Secret and the ConfigMap hold the same settings, each one the code
+    reads, and with them the sample runs on PostgreSQL and Redis through django-prometheus."""
+    deploy = servers.ROOT / "deploy"
+    settings = env_file(deploy / "production" / "netpoint.env")
+    manifest = json.loads((deploy / "production" / "kubernetes.yaml").read_text())
+    kinds = {item["kind"]: item for item in manifest["items"]}
+    secret, config = kinds["Secret"]["stringData"], kinds["ConfigMap"]["data"]
+    assert set(secret) == {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "NETPOINT_TASKS_REDIS_URL",
+        "NETPOINT_SECRET_KEY",
+    }
+    assert not set(secret) & set(config)
+    assert set(secret) | set(config) == set(settings)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in settings  # each unit sets its own
+    code = (
+        "".join(
+            p.read_text()
+            for p in [
+                *servers.ROOT.glob("netpoint_metrics/**/*.py"),
+                servers.ROOT / "gunicorn_conf.py",
+            ]
+        )
+        + (servers.ROOT / "uwsgi.ini").read_text()
+    )
+    netbox = env_file(deploy / "netbox" / "netpoint-metrics.env")
+    unread = [k for k in [*settings, *netbox] if k != "DJANGO_SETTINGS_MODULE" and k not in code]
+    assert not unread, f"settings nothing reads: {unread}"
+
+    env = servers.base_env(tmp_path)
+    env.update(settings)
+    env.update(
+        DATABASE_URL=postgres.database(),
+        REDIS_URL=redis_server.database(),
+        NETPOINT_TASKS_REDIS_URL=redis_server.database(),
+    )
+    probe = (
+        "import json, django; django.setup()\n"
+        "from django.conf import settings as s\n"
+        "from django.core.cache import cache\n"
+        "from django.db import connection\n"
+        "cache.set('k', 1); assert cache.get('k') == 1\n"
+        "connection.ensure_connection()\n"
+        "print(json.dumps([s.DATABASES['default']['ENGINE'], s.CACHES['default']['BACKEND'],"
+        " s.RQ, connection.vendor]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=servers.ROOT, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    engine, cache, rq_settings, vendor = json.loads(done.stdout.decode().splitlines()[-1])
+    assert engine == "django_prometheus.db.backends.postgresql" and vendor == "postgresql"
+    assert cache == "django_prometheus.cache.backends.redis.RedisCache"
+    assert rq_settings["WORKER_CLASS"] == "netpoint_metrics.rq_metrics.MetricsWorker"
+    assert rq_settings["QUEUE_CLASS"] == "netpoint_metrics.rq_metrics.MetricsQueue"
