@@ -127,7 +127,7 @@ class Postgres:
         return self.url(name)
 
     def stop(self) -> None:
-        _stop(self.proc, signal.SIGINT)  # SIGINT: PostgreSQL's "fast" shutdown
+        _stop(self.proc, signal.SIGQUIT)  # "immediate" shutdown: nothing here is worth keeping
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -474,3 +474,28 @@ def test_production_settings_files_agree_and_load(tmp_path, postgres, redis_serv
     assert cache == "django_prometheus.cache.backends.redis.RedisCache"
     assert rq_settings["WORKER_CLASS"] == "netpoint_metrics.rq_metrics.MetricsWorker"
     assert rq_settings["QUEUE_CLASS"] == "netpoint_metrics.rq_metrics.MetricsQueue"
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_build_info_shows_only_versions_still_running(server_factory, tmp_path, kind) -> None:
+    """Issue #7 item 5: a process of another version that has gone leaves no series behind."""
+    srv = server_factory(kind, workers=2)
+    old = (
+        "import netpoint_metrics\n"
+        "getattr(netpoint_metrics, 'setup', lambda: None)()  # explicit where the package has it\n"
+        "from netpoint_metrics import metrics\n"
+        "metrics.BUILD_INFO.labels('0.0.1-old', 'x', 'x', 'x').set(1)\n"
+        "metrics.CACHE_INVALIDATIONS.labels('old-process').inc()\n"
+    )
+    # The old version's process runs, writes, and exits (its lease goes with it).
+    subprocess.run(
+        [sys.executable, "-c", old], env=srv.env, cwd=servers.ROOT, check=True, timeout=60
+    )
+    for _ in range(2):  # before and after a fold (a worker exit folds the dead)
+        s = srv.scrape()
+        versions = {dict(ls)["version"] for n, ls in s if n == "netpoint_metrics_build_info"}
+        assert versions == {"0.1.0"}, versions
+        # Its counter stays counted: only the live-mode gauge left with it.
+        assert value(s, "netpoint_cache_invalidations_total", model="old-process") == 1
+        (worker, *_) = sorted(children(srv.pid))
+        os.kill(worker, signal.SIGTERM)
