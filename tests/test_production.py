@@ -499,3 +499,51 @@ def test_build_info_shows_only_versions_still_running(server_factory, tmp_path, 
         assert value(s, "netpoint_cache_invalidations_total", model="old-process") == 1
         (worker, *_) = sorted(children(srv.pid))
         os.kill(worker, signal.SIGTERM)
+
+
+@pytest.mark.soak
+def test_job_abandoned_by_both_its_processes_is_counted_failed_by_rqs_cleanup(
+    server_factory, tmp_path, postgres, redis_server
+) -> None:
+    """Worker and work-horse SIGKILLed together: nobody is left to fail the job. RQ's own
+    clean-up does it once the job's heartbeat has expired (RQ keeps it at least 60 s), and
+    calls the worker's exception handlers, ours among them. Slow: it waits for RQ."""
+    import redis
+    from rq import Queue
+
+    # RQ expires a started job 60 s after its last heartbeat, plus min(job timeout, 30 s).
+    env = production_env(tmp_path, postgres, redis_server, NETPOINT_JOB_TIMEOUT="5")
+    srv = server_factory("gunicorn", env=env, workers=1)
+    site = json.loads(call(srv, "POST", "/api/sites/", {"name": "a", "slug": "a"}, 201))
+    dev = json.loads(call(srv, "POST", "/api/devices/", {"name": "x", "site": site["id"]}, 201))
+    conn = redis.Redis.from_url(env["REDIS_URL"])
+    queue = Queue("default", connection=conn)
+    workers: list[RQWorker] = []
+    horse = 0
+    try:
+        w1 = RQWorker(env, tmp_path / "rqworker-1.log")
+        workers.append(w1)
+        enqueue(srv, dev["id"], hold=30)  # killed long before RQ's 5 s timeout would stop it
+        wait_for(srv, "job started", lambda s: jobs(s, "started") == 1)
+        (horse,) = children(w1.pid)
+        os.kill(w1.pid, signal.SIGKILL)
+        os.kill(horse, signal.SIGKILL)
+        w1.proc.wait(10)
+        # Only ask RQ which started entries have expired: reading the registry any other
+        # way runs its clean-up here, without the worker's exception handlers.
+        deadline = time.monotonic() + 150
+        while not queue.started_job_registry.get_expired_job_ids():
+            assert time.monotonic() < deadline, "RQ never expired the abandoned job"
+            time.sleep(1)
+        s = srv.scrape()
+        assert (jobs(s, "started"), jobs(s, "finished"), jobs(s, "failed")) == (1, 0, 0)
+        workers.append(RQWorker(env, tmp_path / "rqworker-2.log"))  # cleans up at start
+        s = wait_for(srv, "abandoned job failed", lambda s: jobs(s, "failed") == 1)
+        assert (jobs(s, "started"), jobs(s, "finished")) == (1, 0)
+        assert queue.failed_job_registry.count == 1
+    finally:
+        for w in workers:
+            w.stop()
+        if horse and alive(horse):
+            os.kill(horse, signal.SIGKILL)
+        conn.close()

@@ -86,7 +86,13 @@ if REDIS_URL:
     # Background jobs: `netpoint-sample rqworker` runs them. Jobs may use their own Redis
     # database (NetBox keeps tasks and caching apart); by default they share REDIS_URL.
     INSTALLED_APPS.append("django_rq")
-    RQ_QUEUES = {"default": {"URL": os.environ.get("NETPOINT_TASKS_REDIS_URL") or REDIS_URL}}
+    RQ_QUEUES = {
+        "default": {
+            "URL": os.environ.get("NETPOINT_TASKS_REDIS_URL") or REDIS_URL,
+            # Seconds a job may run before RQ stops it (NetBox's RQ_DEFAULT_TIMEOUT).
+            "DEFAULT_TIMEOUT": int(os.environ.get("NETPOINT_JOB_TIMEOUT", "300")),
+        }
+    }
     RQ = {"COMMIT_MODE": "auto"}
     if METRICS_ENABLED:
         RQ["QUEUE_CLASS"] = "netpoint_metrics.rq_metrics.MetricsQueue"
