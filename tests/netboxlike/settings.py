@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 import os
 
-import netpoint_metrics  # noqa: F401  (the toolkit's one line before django_prometheus loads)
+import netpoint_metrics
+
+# The toolkit's one call before django-prometheus creates a metric (what the NetBox plugin
+# does when NetBox's settings import it); older versions did it on import.
+getattr(netpoint_metrics, "setup", lambda: None)()
 
 configuration = importlib.import_module(
     os.environ.get("NETBOXLIKE_CONFIGURATION", "tests.netboxlike.configuration")
