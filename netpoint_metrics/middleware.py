@@ -13,7 +13,8 @@ One settings line adopts it, anywhere in the list:
   first request (:func:`netpoint_metrics.metrics.live_gauges`): a project without this
   middleware exports neither.
 
-It never lets a metrics error break a request.
+With ``METRICS_ENABLED`` off it removes itself from the chain. It never lets a metrics
+error break a request.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.exceptions import MiddlewareNotUsed
 
 from netpoint_metrics import metrics
 
@@ -40,6 +42,8 @@ def metrics_path() -> str:
 
 class NetpointMetricsMiddleware:
     def __init__(self, get_response):
+        if not getattr(settings, "METRICS_ENABLED", False):
+            raise MiddlewareNotUsed("METRICS_ENABLED is off")  # Django drops it: zero cost
         self.get_response = get_response
         self.metrics_path = metrics_path()
 
