@@ -17,6 +17,8 @@ reads Django settings. It is only importable inside NetBox (``netbox.plugins``).
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from netbox.plugins import PluginConfig
 
@@ -24,9 +26,20 @@ import netpoint_metrics
 
 log = logging.getLogger(__name__)
 
+
+def _netbox_metrics_enabled() -> object:
+    """``METRICS_ENABLED`` as NetBox's settings, being executed right now, have set it.
+
+    NetBox reads it from ``configuration.py`` before it loads plugins, so the half-run
+    settings module already holds it.
+    """
+    module = sys.modules.get(os.environ.get("DJANGO_SETTINGS_MODULE") or "netbox.settings")
+    return getattr(module, "METRICS_ENABLED", None)
+
+
 _setup = getattr(netpoint_metrics, "setup", None)
-if _setup is not None:
-    _setup()
+if _setup is not None:  # versions without it chose the value class on import
+    _setup(_netbox_metrics_enabled())
 
 
 class NetpointMetricsPlugin(PluginConfig):

@@ -12,6 +12,7 @@ import signal
 
 import pytest
 
+import netpoint_metrics
 from tests import servers
 from tests.servers import total, value
 
@@ -154,7 +155,7 @@ def test_one_scrape_shows_every_family_exactly(server_factory, kind) -> None:
         ("django_migrations_unapplied_total", frozenset({("connection", "default")})): 0.0,
     }
     info = [ls for n, ls in s if n == "netpoint_metrics_build_info"]
-    assert len(info) == 1 and ("version", "0.1.0") in info[0]
+    assert len(info) == 1 and ("version", netpoint_metrics.__version__) in info[0]
     assert 1 <= value(s, "netpoint_worker_up") <= 4
     assert value(s, "netpoint_http_requests_in_progress") == 1  # the scrape itself
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+import netpoint_metrics
 from netpoint_metrics.core import directory, lease
 from tests import servers, services
 from tests.servers import total, value
@@ -363,6 +364,7 @@ def test_netbox_shaped_project_gets_our_metrics_view_without_url_changes(
         tmp_path,
         DJANGO_SETTINGS_MODULE="tests.netboxlike.settings",
         NETPOINT_WSGI_APP="tests.netboxlike.wsgi:application",
+        NETPOINT_CONFIGURATION="tests.netboxlike.configuration",  # METRICS_ENABLED = True
     )
     srv = server_factory(kind, env=env, workers=2)
     for i in range(6):
@@ -494,7 +496,7 @@ def test_build_info_shows_only_versions_still_running(server_factory, tmp_path, 
     for _ in range(2):  # before and after a fold (a worker exit folds the dead)
         s = srv.scrape()
         versions = {dict(ls)["version"] for n, ls in s if n == "netpoint_metrics_build_info"}
-        assert versions == {"0.1.0"}, versions
+        assert versions == {netpoint_metrics.__version__}, versions
         # Its counter stays counted: only the live-mode gauge left with it.
         assert value(s, "netpoint_cache_invalidations_total", model="old-process") == 1
         (worker, *_) = sorted(children(srv.pid))

@@ -11,10 +11,16 @@ import netpoint_metrics
 # does when NetBox's settings import it); older versions did it on import.
 getattr(netpoint_metrics, "setup", lambda: None)()
 
-configuration = importlib.import_module(
-    os.environ.get("NETBOXLIKE_CONFIGURATION", "tests.netboxlike.configuration")
+# NetBox imports its configuration module unconditionally; here it is optional so that the
+# test helpers' `migrate` (which drops NETPOINT_CONFIGURATION) runs with metrics off.
+configuration = (
+    importlib.import_module(os.environ["NETPOINT_CONFIGURATION"])
+    if os.environ.get("NETPOINT_CONFIGURATION")
+    else None
 )
-METRICS_ENABLED = getattr(configuration, "METRICS_ENABLED", False)
+METRICS_ENABLED = getattr(configuration, "METRICS_ENABLED", None)
+if METRICS_ENABLED is None:
+    METRICS_ENABLED = os.environ.get("METRICS_ENABLED", "").lower() in ("1", "true", "yes", "on")
 
 SECRET_KEY = "netboxlike-test-key"
 DEBUG = False
