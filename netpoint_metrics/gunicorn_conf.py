@@ -39,6 +39,8 @@ bind = [
     b.strip() for b in os.environ.get("NETPOINT_BIND", "127.0.0.1:8000").split(",") if b.strip()
 ]
 workers = _int("NETPOINT_WORKERS", 4)
+# Threads per worker (NetBox's contrib config uses 3); more than 1 selects the gthread worker.
+threads = _int("NETPOINT_THREADS", 1)
 max_requests = _int("NETPOINT_MAX_REQUESTS", 0)
 max_requests_jitter = _int("NETPOINT_MAX_REQUESTS_JITTER", 0)
 timeout = _int("NETPOINT_TIMEOUT", 30)

@@ -1,7 +1,20 @@
-"""NetPoint's request middleware: API counters and live in-progress/worker gauges.
+"""The toolkit's request middleware: our ``/metrics`` first, and two live gauges.
 
-Goes right after django-prometheus's ``PrometheusBeforeMiddleware``. It never lets a
-metrics error break a request.
+One settings line adopts it, anywhere in the list:
+``MIDDLEWARE += ["netpoint_metrics.middleware.NetpointMetricsMiddleware"]``. It does two things:
+
+* For the metrics path only, it points the request at :mod:`netpoint_metrics.metrics_urls`,
+  which routes that path to our aggregated view and then includes the project's own URLs.
+  So our view wins even where the project already includes ``django_prometheus.urls``
+  (NetBox does), with no URL wrapper in the project. The route keeps django-prometheus's
+  name, so its middlewares count the scrape as before, and ``reverse()`` keeps working for
+  other middlewares during the scrape.
+* It sets ``netpoint_http_requests_in_progress`` and ``netpoint_worker_up``, created on its
+  first request (:func:`netpoint_metrics.metrics.live_gauges`): a project without this
+  middleware exports neither.
+
+With ``METRICS_ENABLED`` off it removes itself from the chain. It never lets a metrics
+error break a request.
 """
 
 from __future__ import annotations
@@ -9,34 +22,47 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.exceptions import MiddlewareNotUsed
 
 from netpoint_metrics import metrics
 
-log = logging.getLogger("netpoint_metrics")
+log = logging.getLogger(__name__)
+
+METRICS_URLCONF = "netpoint_metrics.metrics_urls"
+
+
+def metrics_path() -> str:
+    """``/metrics`` under the project's ``BASE_PATH`` (NetBox's setting), unless overridden."""
+    explicit = getattr(settings, "NETPOINT_METRICS_PATH", None)
+    if explicit:
+        return "/" + str(explicit).strip("/")
+    base = str(getattr(settings, "BASE_PATH", "") or "").strip("/")
+    return f"/{base}/metrics" if base else "/metrics"
 
 
 class NetpointMetricsMiddleware:
     def __init__(self, get_response):
+        if not getattr(settings, "METRICS_ENABLED", False):
+            raise MiddlewareNotUsed("METRICS_ENABLED is off")  # Django drops it: zero cost
         self.get_response = get_response
-        self.api_prefix = getattr(settings, "NETPOINT_API_PREFIX", "/api/")
+        self.metrics_path = metrics_path()
 
     def __call__(self, request):
+        if request.path_info == self.metrics_path and not hasattr(request, "urlconf"):
+            request.urlconf = METRICS_URLCONF
+        gauges = None
         try:
-            metrics.WORKERS_UP.set(1)
-            metrics.REQUESTS_IN_PROGRESS.inc()
+            gauges = metrics.live_gauges()
+            gauges.worker_up.set(1)
+            gauges.in_progress.inc()
         except Exception:
             log.exception("netpoint-metrics: gauge update failed")
-        status = 500
+            gauges = None
         try:
-            response = self.get_response(request)
-            status = response.status_code
-            return response
+            return self.get_response(request)
         finally:
-            try:
-                metrics.REQUESTS_IN_PROGRESS.dec()
-                if request.path.startswith(self.api_prefix):
-                    match = getattr(request, "resolver_match", None)
-                    endpoint = (match.url_name if match else None) or "unknown"
-                    metrics.API_REQUESTS.labels(endpoint, request.method, str(status)).inc()
-            except Exception:
-                log.exception("netpoint-metrics: API counter update failed")
+            if gauges is not None:
+                try:
+                    gauges.in_progress.dec()
+                except Exception:
+                    log.exception("netpoint-metrics: gauge update failed")

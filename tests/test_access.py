@@ -18,6 +18,9 @@ from netpoint_metrics.core import access
 from tests import servers
 from tests.serve_support import get, start_exporter
 
+# Real servers for every test: the full suite only, not the fast tier.
+pytestmark = pytest.mark.slow
+
 TOKEN = "s3cret-token-Zq9"
 
 

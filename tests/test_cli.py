@@ -25,6 +25,9 @@ from tests.core_support import FakeProcess, key
 from tests.serve_support import get, start_exporter
 from tests.servers import cli
 
+# Real servers for every test: the full suite only, not the fast tier.
+pytestmark = pytest.mark.slow
+
 K = key("c", "c_total", {"view": "x"})
 COMMANDS = ["doctor", "inspect", "collect", "compact", "wipe", "serve"]
 SITE_GETS = ("django_http_requests_total_by_view_transport_method_total", "site-list", "GET")

@@ -21,6 +21,9 @@ import pytest
 from netpoint_metrics import config
 from tests import servers
 
+# Real servers for every test: the full suite only, not the fast tier.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

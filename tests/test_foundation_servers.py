@@ -44,8 +44,10 @@ EXPECTED_FAMILIES = [
     "django_migrations_applied_total",
     "django_migrations_unapplied_total",
     "netpoint_cache_invalidations_total",
-    "netpoint_api_requests_total",
-    "netpoint_build_info",
+    "rest_api_requests_total_by_method_total",
+    "rest_api_requests_total_by_view_method_total",
+    "graphql_api_requests_total",
+    "netpoint_metrics_build_info",
     "netpoint_worker_up",
     "netpoint_http_requests_in_progress",
 ]
@@ -130,28 +132,30 @@ def test_one_scrape_shows_every_family_exactly(server_factory, kind) -> None:
     assert total(s, "django_cache_get_misses_total", **cache) == 3
     assert value(s, "netpoint_cache_invalidations_total", model="device") == 1
 
-    api = "netpoint_api_requests_total"
+    # NetBox's API counters (netbox/netbox/metrics.py names and labels).
+    api = "rest_api_requests_total_by_view_method_total"
     expect_api = {
-        ("site-list", "GET", "200"): 1,
-        ("site-list", "POST", "201"): 1,
-        ("device-list", "POST", "201"): 3,
-        ("device-list", "GET", "200"): 1,
-        ("device-detail", "GET", "200"): 3,
-        ("device-detail", "GET", "404"): 1,
-        ("device-detail", "PATCH", "200"): 1,
-        ("device-detail", "DELETE", "204"): 1,
+        ("site-list", "GET"): 1,
+        ("site-list", "POST"): 1,
+        ("device-list", "POST"): 3,
+        ("device-list", "GET"): 1,
+        ("device-detail", "GET"): 4,
+        ("device-detail", "PATCH"): 1,
+        ("device-detail", "DELETE"): 1,
     }
-    for (endpoint, method, code), n in expect_api.items():
-        assert value(s, api, endpoint=endpoint, method=method, status=code) == n
+    for (view, method), n in expect_api.items():
+        assert value(s, api, view=view, method=method) == n, (view, method)
     assert total(s, api) == sum(expect_api.values())
+    assert value(s, "rest_api_requests_total_by_method_total", method="GET") == 6
+    assert value(s, "graphql_api_requests_total") == 0
 
     migrations = {k: v for k, v in s.items() if k[0].startswith("django_migrations_")}
     assert migrations == {
         ("django_migrations_applied_total", frozenset({("connection", "default")})): 3.0,
         ("django_migrations_unapplied_total", frozenset({("connection", "default")})): 0.0,
     }
-    info = [ls for n, ls in s if n == "netpoint_build_info"]
-    assert len(info) == 1 and ("netpoint_version", netpoint_metrics.__version__) in info[0]
+    info = [ls for n, ls in s if n == "netpoint_metrics_build_info"]
+    assert len(info) == 1 and ("version", netpoint_metrics.__version__) in info[0]
     assert 1 <= value(s, "netpoint_worker_up") <= 4
     assert value(s, "netpoint_http_requests_in_progress") == 1  # the scrape itself
 

@@ -1,8 +1,11 @@
-"""Settings of the sample NetPoint site (SQLite, no other service needed).
+"""Settings of the sample NetPoint site.
 
-Everything comes from the environment; see the README's settings table. Metrics follow
-NetBox's layout: ``METRICS_ENABLED`` off by default; when on, the django-prometheus database
-and cache backends and the before/after middlewares are used.
+Everything comes from the environment; see the README's settings table. With nothing set it
+needs no service: SQLite and a file cache. ``DATABASE_URL`` (parsed by dj-database-url)
+moves it to PostgreSQL, ``REDIS_URL`` to a Redis cache and turns on background jobs
+(django-rq), as NetBox runs in production. Metrics follow NetBox's layout:
+``METRICS_ENABLED`` off by default; when on, the django-prometheus database and cache
+backends and the before/after middlewares are used (ours, which add NetBox's API counters).
 """
 
 from __future__ import annotations
@@ -41,40 +44,82 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
 ]
 if METRICS_ENABLED:
+    # django-prometheus's middlewares, subclassed to add NetBox's API counters.
     MIDDLEWARE = [
-        "django_prometheus.middleware.PrometheusBeforeMiddleware",
+        "netpoint_metrics.netbox_metrics.PrometheusBeforeMiddleware",
         "netpoint_metrics.middleware.NetpointMetricsMiddleware",
         *MIDDLEWARE,
-        "django_prometheus.middleware.PrometheusAfterMiddleware",
+        "netpoint_metrics.netbox_metrics.PrometheusAfterMiddleware",
     ]
 
 ROOT_URLCONF = "netpoint_metrics.sample.urls"
 WSGI_APPLICATION = "netpoint_metrics.sample.wsgi.application"
 
+# django-prometheus ships a wrapper of each of these engines: same database, plus counters.
+_PROMETHEUS_ENGINES = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.mysql": "django_prometheus.db.backends.mysql",
+}
 _db_path = os.environ.get("NETPOINT_DB_PATH") or str(Path.cwd() / "var" / "netpoint.sqlite3")
-DATABASES = {
-    "default": {
-        "ENGINE": (
-            "django_prometheus.db.backends.sqlite3"
-            if METRICS_ENABLED
-            else "django.db.backends.sqlite3"
-        ),
+if os.environ.get("DATABASE_URL"):
+    import dj_database_url
+
+    _database = dj_database_url.parse(
+        os.environ["DATABASE_URL"],
+        conn_max_age=int(os.environ.get("NETPOINT_DB_CONN_MAX_AGE", "300")),
+        conn_health_checks=True,
+    )
+else:
+    _database = {
+        "ENGINE": "django.db.backends.sqlite3",
         "NAME": _db_path,
         "OPTIONS": {"timeout": 20},
     }
-}
-# A file-based cache: shared by every worker process, and no extra service to run.
-_cache_dir = os.environ.get("NETPOINT_CACHE_DIR") or str(Path(_db_path).parent / "cache")
-CACHES = {
-    "default": {
-        "BACKEND": (
-            "django_prometheus.cache.backends.filebased.FileBasedCache"
-            if METRICS_ENABLED
-            else "django.core.cache.backends.filebased.FileBasedCache"
-        ),
-        "LOCATION": _cache_dir,
+if METRICS_ENABLED:
+    _database["ENGINE"] = _PROMETHEUS_ENGINES.get(_database["ENGINE"], _database["ENGINE"])
+DATABASES = {"default": _database}
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    # django-redis, as NetBox uses; django-prometheus's subclass counts gets, hits, misses.
+    CACHES = {
+        "default": {
+            "BACKEND": (
+                "django_prometheus.cache.backends.redis.RedisCache"
+                if METRICS_ENABLED
+                else "django_redis.cache.RedisCache"
+            ),
+            "LOCATION": REDIS_URL,
+        }
     }
-}
+    # Background jobs: `netpoint-sample rqworker` runs them. Jobs may use their own Redis
+    # database (NetBox keeps tasks and caching apart); by default they share REDIS_URL.
+    INSTALLED_APPS.append("django_rq")
+    RQ_QUEUES = {
+        "default": {
+            "URL": os.environ.get("NETPOINT_TASKS_REDIS_URL") or REDIS_URL,
+            # Seconds a job may run before RQ stops it (NetBox's RQ_DEFAULT_TIMEOUT).
+            "DEFAULT_TIMEOUT": int(os.environ.get("NETPOINT_JOB_TIMEOUT", "300")),
+        }
+    }
+    RQ = {"COMMIT_MODE": "auto"}
+    if METRICS_ENABLED:
+        RQ["QUEUE_CLASS"] = "netpoint_metrics.rq_metrics.MetricsQueue"
+        RQ["WORKER_CLASS"] = "netpoint_metrics.rq_metrics.MetricsWorker"
+else:
+    # A file-based cache: shared by every worker process, and no extra service to run.
+    _cache_dir = os.environ.get("NETPOINT_CACHE_DIR") or str(Path(_db_path).parent / "cache")
+    CACHES = {
+        "default": {
+            "BACKEND": (
+                "django_prometheus.cache.backends.filebased.FileBasedCache"
+                if METRICS_ENABLED
+                else "django.core.cache.backends.filebased.FileBasedCache"
+            ),
+            "LOCATION": _cache_dir,
+        }
+    }
 # We export the migration gauges ourselves, one series per connection (apps.py).
 PROMETHEUS_EXPORT_MIGRATIONS = False
 

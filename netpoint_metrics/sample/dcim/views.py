@@ -8,6 +8,7 @@ from django.core.cache import cache
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from netpoint_metrics.sample.dcim import jobs
 from netpoint_metrics.sample.dcim.models import Device, Site
 from netpoint_metrics.sample.dcim.signals import cache_key
 
@@ -92,3 +93,24 @@ def site_list(request: HttpRequest) -> JsonResponse:
         site = Site.objects.create(name=str(data["name"])[:100], slug=str(data["slug"])[:100])
         return JsonResponse(site.as_dict(), status=201)
     return _error(405, "method not allowed")
+
+
+@csrf_exempt
+def device_audit(request: HttpRequest) -> JsonResponse:
+    """Enqueue a device audit (``dcim.jobs.audit_device``) on the ``default`` RQ queue."""
+    if request.method != "POST":
+        return _error(405, "method not allowed")
+    from django.conf import settings
+
+    if not getattr(settings, "RQ_QUEUES", None):
+        return _error(503, "background jobs need REDIS_URL (a Redis server for the job queue)")
+    data = _body(request)
+    if not data or not isinstance(data.get("device"), int):
+        return _error(400, "device (an id) is required")
+    hold = data.get("hold", 0)
+    if not isinstance(hold, (int, float)) or not 0 <= hold <= jobs.MAX_HOLD_SECONDS:
+        return _error(400, f"hold must be between 0 and {jobs.MAX_HOLD_SECONDS:g} seconds")
+    import django_rq
+
+    job = django_rq.get_queue("default").enqueue(jobs.audit_device, data["device"], hold)
+    return JsonResponse({"id": job.id, "queue": job.origin, "job": job.func_name}, status=202)
