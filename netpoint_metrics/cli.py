@@ -6,6 +6,7 @@
     netpoint-metrics compact           fold dead processes now (waits for the lock)
     netpoint-metrics wipe              delete archives and dead processes' files (server stopped)
     netpoint-metrics serve             serve the aggregate on a port of its own
+    netpoint-metrics config SERVER     print the shipped gunicorn or uwsgi configuration
 
 Exit codes: 0 healthy / done, 1 problems found or refused, 2 usage (bad arguments, no
 directory). The directory is ``--dir`` or ``PROMETHEUS_MULTIPROC_DIR``; run the commands
@@ -270,7 +271,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("NETPOINT_SERVE_BIND", "127.0.0.1:9808"),
         help="HOST:PORT to listen on (default: NETPOINT_SERVE_BIND or 127.0.0.1:9808)",
     )
+    p = add(
+        "config",
+        cmd_config,
+        "print a server configuration file shipped with the package",
+        "Write out the toolkit's Gunicorn or uWSGI configuration, for an installed package "
+        "without the repository: `netpoint-metrics config uwsgi > uwsgi.ini`. (Gunicorn can "
+        "also load it directly: `gunicorn -c python:netpoint_metrics.gunicorn_conf`.)",
+    )
+    p.add_argument("server", choices=["gunicorn", "uwsgi"])
     return parser
+
+
+GUNICORN_CONFIG = """\
+# Gunicorn configuration for a NetPoint site: `gunicorn -c gunicorn_conf.py`.
+# The settings and hooks live in the installed package; see its README for the settings.
+from netpoint_metrics.gunicorn_conf import *  # noqa: F403
+"""
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print a configuration file; needs no directory."""
+    if args.server == "gunicorn":
+        sys.stdout.write(GUNICORN_CONFIG)
+        return 0
+    from importlib.resources import files
+
+    sys.stdout.write(files("netpoint_metrics").joinpath("uwsgi.ini").read_text())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

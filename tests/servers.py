@@ -177,13 +177,15 @@ class Server:
         return False
 
 
-def _start(kind: str, cmd: list[str], tmp_path: Path, env: dict[str, str], port: int) -> Server:
+def _start(
+    kind: str, cmd: list[str], tmp_path: Path, env: dict[str, str], port: int, root: Path = ROOT
+) -> Server:
     log_path = tmp_path / f"{kind}-{port}.log"
     log = open(log_path, "ab")  # noqa: SIM115 (the server owns it for its whole life)
     proc = subprocess.Popen(
         cmd,
         env=env,
-        cwd=ROOT,
+        cwd=root,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -205,18 +207,23 @@ def start(
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     workers: int = 4,
+    root: Path = ROOT,
 ) -> Server:
-    """Migrate a fresh database, then start ``kind`` with the repository's own config."""
+    """Migrate a fresh database, then start ``kind`` with the repository's own config.
+
+    ``root`` is the checkout to run (the working directory and config files): a copy of
+    the repository for tests that change code on disk.
+    """
     env = dict(env or base_env(tmp_path))
     port = free_port()
     env.setdefault("NETPOINT_BIND", f"127.0.0.1:{port}")
     env.setdefault("NETPOINT_WORKERS", str(workers))
     migrate(env)
     if kind == "gunicorn":
-        cmd = [binary("gunicorn"), "-c", str(ROOT / "gunicorn_conf.py")]
+        cmd = [binary("gunicorn"), "-c", str(root / "gunicorn_conf.py")]
     else:
-        cmd = [binary("uwsgi"), "--ini", str(ROOT / "uwsgi.ini")]
-    return _start(kind, [*cmd, *(extra_args or [])], tmp_path, env, port)
+        cmd = [binary("uwsgi"), "--ini", str(root / "uwsgi.ini")]
+    return _start(kind, [*cmd, *(extra_args or [])], tmp_path, env, port, root)
 
 
 def start_gunicorn(
