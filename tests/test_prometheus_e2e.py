@@ -369,16 +369,25 @@ def run(
             problems.append(f"rule {r['name']}: health {r['health']} {r.get('lastError')}")
         if r["type"] == "recording" and not prom.query(r["name"], at=t1):
             problems.append(f"recording rule {r['name']} yields no series")
-    alerts = prom.get("/api/v1/alerts")["alerts"]
-    active = {(a["labels"]["alertname"], a["labels"].get("instance")) for a in alerts}
-    for name, inst in sorted(active):
-        if name in QUIET_ALERTS:
-            problems.append(f"alert {name} is {inst} active in a healthy run")
-    for inst in targets:
-        if ("NetpointWorkersRecyclingFast", inst) not in active:
+    # ALERTS has a series while an alert is pending or firing: none of the correctness
+    # alerts at any moment of the run, the recycling alert in the last 30 s.
+    quiet = "|".join(sorted(QUIET_ALERTS))
+    for r in prom.query(f'ALERTS{{alertname=~"{quiet}"}}[{whole}s]', at=t1):
+        problems.append(f"alert active in a healthy run: {r['metric']}")
+    recycling = prom.query('ALERTS{alertname="NetpointWorkersRecyclingFast"}[30s]', at=t1)
+    active = {r["metric"].get("instance") for r in recycling}
+    for inst, srv in targets.items():
+        if inst not in active:
+            seen = {
+                name: [r["value"][1] for r in prom.query(f'{name}{{instance="{inst}"}}', at=t1)]
+                for name in (
+                    "instance:netpoint_metrics_worker_exits:rate15m",
+                    "instance:netpoint_workers:count",
+                )
+            }
             problems.append(
-                f"NetpointWorkersRecyclingFast not active for {inst} "
-                f"(workers recycled every {MAX_REQUESTS} requests)"
+                f"NetpointWorkersRecyclingFast not active for {srv.kind} {inst} (workers "
+                f"recycled every {MAX_REQUESTS} requests); {seen}"
             )
 
     # --- every dashboard panel's query returns data ----------------------------------------
