@@ -13,6 +13,7 @@ API:
   at most the ones cut off by a kill, and within 1% of everything sent, both from the raw
   first/last samples and from ``increase()`` over a range aligned on those two samples
   (so Prometheus' extrapolation adds nothing);
+* the scrapes went through with the bearer token (a request without it gets 401);
 * every rule loaded and evaluates (health "ok"), every recording rule yields series, the
   correctness alerts are quiet and the fast-recycling alert is active;
 * every query of every dashboard panel returns data.
@@ -303,6 +304,15 @@ def run(
     assert len(killed) == 6
 
     problems: list[str] = []
+
+    # Prometheus got in with the token from its credentials_file; without it nobody does.
+    for srv in (gun, uws):
+        status, _, _ = srv.get("/metrics")
+        if status != 401:
+            problems.append(
+                f"{srv.kind}: /metrics without the bearer token answered {status}, not 401 "
+                "(NETPOINT_METRICS_TOKEN is not enforced)"
+            )
 
     # --- the request counter: raw samples and increase() -----------------------------------
     for inst, pair in loads.items():
