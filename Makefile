@@ -7,8 +7,8 @@ export NETPOINT_DB_PATH ?= $(CURDIR)/var/netpoint.sqlite3
 PYTEST := -m pytest -p no:cacheprovider
 FAST := -m "not soak and not slow"
 # Debian packages the tests start for real (a missing one fails the test with how to get it).
-APT_PACKAGES := prometheus redis-server postgresql wrk
-APT_PROBES := prometheus promtool redis-server wrk pg_ctlcluster
+APT_PACKAGES := prometheus redis-server postgresql wrk systemd passwd
+APT_PROBES := prometheus promtool redis-server wrk pg_ctlcluster systemd-analyze useradd
 # Other interpreters for the fast tier (NetBox 4.6 needs >= 3.12), and the floors' one.
 EXTRA_PYTHONS ?= $(foreach v,3.12 3.13,$(firstword $(shell command -v python$(v) 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/$(v).*/bin/python$(v))))
 FLOOR_PYTHON ?= $(firstword $(shell command -v python3.10 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3.10) $(PYTHON))
