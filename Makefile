@@ -10,8 +10,11 @@ FAST := -m "not soak and not slow"
 APT_PACKAGES := prometheus redis-server postgresql wrk systemd passwd
 APT_PROBES := prometheus promtool redis-server wrk pg_ctlcluster systemd-analyze useradd
 # Other interpreters for the fast tier (NetBox 4.6 needs >= 3.12), and the floors' one.
-EXTRA_PYTHONS ?= $(foreach v,3.12 3.13,$(firstword $(shell command -v python$(v) 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/$(v).*/bin/python$(v))))
-FLOOR_PYTHON ?= $(firstword $(shell command -v python3.10 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3.10) $(PYTHON))
+# (A candidate counts only if it runs: pyenv's shims exist for versions that are not active.)
+find_python = $(shell for p in $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)) \
+	$$(command -v python$(1) 2>/dev/null); do "$$p" -c '' 2>/dev/null && { echo "$$p"; break; }; done)
+EXTRA_PYTHONS ?= $(foreach v,3.12 3.13,$(call find_python,$(v)))
+FLOOR_PYTHON ?= $(firstword $(call find_python,3.10) $(PYTHON))
 FLOORS := prometheus-client==0.24.0 django-prometheus==2.4.0 Django==4.2.* gunicorn==23.0.0 uwsgi==2.0.28
 
 .PHONY: run run-uwsgi test test-fast test-pythons test-floors lint typecheck venv \
