@@ -15,7 +15,7 @@ find_python = $(shell for p in $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/pyt
 	$$(command -v python$(1) 2>/dev/null); do "$$p" -c '' 2>/dev/null && { echo "$$p"; break; }; done)
 EXTRA_PYTHONS ?= $(foreach v,3.12 3.13,$(call find_python,$(v)))
 FLOOR_PYTHON ?= $(firstword $(call find_python,3.10) $(PYTHON))
-FLOORS := prometheus-client==0.24.0 django-prometheus==2.4.0 Django==4.2.* gunicorn==23.0.0 uwsgi==2.0.28
+FLOORS := prometheus-client==0.24.1 django-prometheus==2.4.0 Django==4.2.* gunicorn==23.0.0 uwsgi==2.0.28
 
 .PHONY: run run-uwsgi test test-fast test-pythons test-floors lint typecheck venv \
 	install-run install-test system-deps migrate clean

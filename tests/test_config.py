@@ -173,7 +173,7 @@ def test_too_old_dependency_refuses(tmp_path, kind) -> None:
     code, out, _ = run_until_exit(kind, env)
     assert code != 0, out[-2000:]
     line = next((ln for ln in out.splitlines() if "refusing to start" in ln), "")
-    assert "prometheus-client 0.21.0 is below the supported range >=0.24,<0.27" in line, out
+    assert "prometheus-client 0.21.0 is below the supported range >=0.24.1,<0.27" in line, out
 
 
 def test_too_new_dependency_warns_and_serves(server_factory, tmp_path) -> None:
