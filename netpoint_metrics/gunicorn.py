@@ -21,8 +21,9 @@ import os
 import tempfile
 from typing import Any
 
+from netpoint_metrics import exits
 from netpoint_metrics.bootstrap import bootstrap, metrics_enabled
-from netpoint_metrics.core import directory, identity, lease, lifecycle, names
+from netpoint_metrics.core import directory, events, identity, lease, lifecycle, names
 
 log = logging.getLogger("netpoint_metrics")
 
@@ -58,15 +59,10 @@ def on_starting(server: Any) -> None:
     if not path:
         return
     inherit = bool(getattr(server, "master_pid", 0))
+    # Our event lines go where Gunicorn's own go (Django's LOGGING is not loaded here).
+    events.attach_handlers(list(getattr(getattr(server.log, "error_log", None), "handlers", [])))
     try:
-        result = lifecycle.master_starting(path, os.getpid(), inherit=inherit)
-        server.log.info(
-            "netpoint-metrics: %s ready (%s; %d files wiped, %d live processes kept)",
-            path,
-            result.reason,
-            result.wiped,
-            result.kept_live,
-        )
+        lifecycle.master_starting(path, os.getpid(), inherit=inherit)
     except directory.UnsafeDirectory:
         raise  # refuse to start on an unsafe directory: the message says how to fix it
     except Exception:
@@ -77,12 +73,15 @@ def post_fork(server: Any, worker: Any) -> None:
     if _dir():
         try:
             lifecycle.worker_started()
+            exits.gunicorn_post_fork(server, worker)
         except Exception:
             server.log.exception("netpoint-metrics: worker identity failed")
 
 
 def pre_fork(server: Any, worker: Any) -> None:
     path = _dir()
+    if path and worker is not None:
+        exits.gunicorn_pre_fork(worker)
     if path and getattr(server, "_netpoint_fold_pending", False):
         result = lifecycle.worker_died(path)
         server._netpoint_fold_pending = result.busy or result.more
@@ -91,12 +90,21 @@ def pre_fork(server: Any, worker: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     path = _dir()
     if path:
+        try:
+            exits.gunicorn_child_exit(worker)
+        except Exception:
+            server.log.exception("netpoint-metrics: could not count a worker exit")
         result = lifecycle.worker_died(path)
         server._netpoint_fold_pending = result.busy or result.more
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Nothing to do: the lease is released by the kernel whichever way the worker ends."""
+    """Leave the master a note if this worker is leaving after ``max_requests``.
+
+    Nothing else to do: the lease is released by the kernel whichever way the worker ends.
+    """
+    if _dir():
+        exits.gunicorn_worker_exit(worker)
 
 
 def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None:

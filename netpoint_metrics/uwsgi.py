@@ -21,8 +21,9 @@ import tempfile
 
 import uwsgi  # only importable inside a uWSGI process
 
+from netpoint_metrics import exits
 from netpoint_metrics.bootstrap import bootstrap, metrics_enabled
-from netpoint_metrics.core import directory, identity, lifecycle
+from netpoint_metrics.core import directory, events, identity, lifecycle
 
 log = logging.getLogger("netpoint_metrics")
 
@@ -51,6 +52,7 @@ def _worker_begins() -> None:
     if _PATH:
         try:
             lifecycle.worker_started()
+            exits.uwsgi_register_exit()
             lifecycle.worker_died(_PATH)
         except Exception:
             log.exception("netpoint-metrics: worker start-up step failed")
@@ -65,6 +67,7 @@ def _load_application():
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netpoint_metrics.sample.settings")
 _PATH = _configure()
 if _PATH:
+    events.attach_handlers()  # stderr is uWSGI's log; Django's LOGGING is not loaded yet
     if _in_master():
         lifecycle.master_starting(_PATH, os.getpid())
         from uwsgidecorators import postfork

@@ -21,6 +21,7 @@ from prometheus_client.django import PrometheusDjangoView
 from netpoint_metrics.core import identity
 from netpoint_metrics.core.collect import DirectoryCollector
 from netpoint_metrics.core.lock import LockTimeout
+from netpoint_metrics.core.scrape import ScrapeCollector
 
 log = logging.getLogger("netpoint_metrics")
 
@@ -39,7 +40,9 @@ def get_registry() -> CollectorRegistry:
     with _lock:
         if _registry is None or _registry[:2] != (os.getpid(), path):
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(DirectoryCollector(path, fold_every=FOLD_EVERY))
+            # The wrapper adds self-metrics and per-process metrics, and runs the
+            # opportunistic folds itself so that they are counted like the servers' own.
+            registry.register(ScrapeCollector(DirectoryCollector(path), fold_every=FOLD_EVERY))
             _registry = (os.getpid(), path, registry)
         return _registry[2]
 
