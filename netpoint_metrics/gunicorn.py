@@ -44,7 +44,11 @@ def configure_environment() -> str | None:
     if not path:
         path = tempfile.mkdtemp(prefix="netpoint-metrics-")
         os.environ[ENV_PRIVATE] = path
-    path = directory.ensure_directory(path)
+    try:
+        path = directory.ensure_directory(path)
+    except directory.UnsafeDirectory as exc:
+        lifecycle.refused(path, exc)
+        raise
     os.environ[identity.ENV_DIR] = path
     bootstrap()  # importing the package ran it before the directory was known
     return path

@@ -37,7 +37,11 @@ def _configure() -> str | None:
         # Named by the master's pid: every worker (lazy-apps too) and every reload of the
         # same master agree on it without talking to each other.
         path = os.path.join(tempfile.gettempdir(), f"netpoint-metrics-uwsgi-{uwsgi.masterpid()}")
-    path = directory.ensure_directory(path)
+    try:
+        path = directory.ensure_directory(path)
+    except directory.UnsafeDirectory as exc:
+        lifecycle.refused(path, exc)
+        raise
     os.environ[identity.ENV_DIR] = path
     bootstrap()
     return path

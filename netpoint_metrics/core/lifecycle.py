@@ -26,7 +26,7 @@ def master_starting(path: str, owner_pid: int, *, inherit: bool = False) -> dire
     try:
         result = directory.prepare(path, owner_pid, self_ident=self_ident, inherit=inherit)
     except directory.UnsafeDirectory as exc:
-        events.emit(log, logging.ERROR, "refusal", dir=path, pid=owner_pid, reason=str(exc))
+        refused(path, exc)
         raise
     first = os.getpid() == owner_pid or result.reason == "fresh start"
     events.emit(
@@ -42,6 +42,15 @@ def master_starting(path: str, owner_pid: int, *, inherit: bool = False) -> dire
     if result.wiped:
         events.emit(log, logging.INFO, "wipe", dir=path, files=result.wiped)
     return result
+
+
+def refused(path: str, reason: object) -> None:
+    """A server will not start on ``path``: one ``event=refusal`` line saying why.
+
+    The adapters call this wherever they refuse (an unsafe directory found while reading
+    the configuration, or while preparing it), then let the error stop the server.
+    """
+    events.emit(log, logging.ERROR, "refusal", dir=path, reason=str(reason))
 
 
 def worker_started() -> str:
