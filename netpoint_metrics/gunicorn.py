@@ -64,7 +64,9 @@ def on_starting(server: Any) -> None:
         return
     inherit = bool(getattr(server, "master_pid", 0))
     # Our event lines go where Gunicorn's own go (Django's LOGGING is not loaded here).
-    events.attach_handlers(list(getattr(getattr(server.log, "error_log", None), "handlers", [])))
+    events.attach_handlers(
+        getattr(server.log, "error_log", None), getattr(server.log, "loglevel", None)
+    )
     try:
         lifecycle.master_starting(path, os.getpid(), inherit=inherit)
     except directory.UnsafeDirectory:

@@ -50,29 +50,46 @@ def emit(logger: logging.Logger, level: int, event: str, **fields: object) -> No
         logger.log(level, "%s", format_event(event, **fields))
 
 
+class _Forward(logging.Handler):
+    """Hand records to another logger's handlers, whatever they are at the time.
+
+    Gunicorn replaces its handlers on HUP; forwarding (rather than copying them once) keeps
+    our lines going wherever Gunicorn's go, with its format.
+    """
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
+
+
 def attach_handlers(
-    handlers: list[logging.Handler] | None = None, level: str | None = None
+    forward_to: logging.Logger | None = None, level: int | str | None = None
 ) -> None:
     """Give the package logger somewhere to write, if nobody configured one.
 
     A server master runs before Django (and its ``LOGGING``) loads, and Python drops INFO
-    records that reach no handler. The Gunicorn adapter passes Gunicorn's own error-log
-    handlers so our lines land beside Gunicorn's; uWSGI gets a stderr handler (its log).
+    records that reach no handler. The Gunicorn adapter forwards to Gunicorn's error log so
+    our lines land beside Gunicorn's; uWSGI gets a stderr handler (stderr is its log).
     Never overrides a configuration someone made: only acts when the package logger and
-    the root logger have no handlers.
+    the root logger have no handlers. ``level`` defaults to ``NETPOINT_LOG_LEVEL`` or INFO.
     """
     pkg = logging.getLogger(PACKAGE_LOGGER)
     if pkg.handlers or logging.getLogger().handlers:
         return
-    if not handlers:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if forward_to is not None:
+        handler: logging.Handler = _Forward(forward_to)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
             logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
         )
-        handlers = [handler]
-    for h in handlers:
-        pkg.addHandler(h)
-    name = (level or os.environ.get("NETPOINT_LOG_LEVEL") or "info").upper()
-    number = logging.getLevelName(name)  # an int for a known level name
-    pkg.setLevel(number if isinstance(number, int) else logging.INFO)
+    pkg.addHandler(handler)
+    if not isinstance(level, int):
+        name = (level or os.environ.get("NETPOINT_LOG_LEVEL") or "info").upper()
+        number = logging.getLevelName(name)  # an int for a known level name
+        level = number if isinstance(number, int) else logging.INFO
+    pkg.setLevel(level)
     pkg.propagate = False
