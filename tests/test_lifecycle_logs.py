@@ -70,6 +70,18 @@ def test_gunicorn_start_logs_one_line_and_folds_stay_below_info(server_factory, 
     assert [(e[0], e[1]) for e in got if e[1] == "worker_exit"] == [("WARNING", "worker_exit")]
     assert "cause=killed" in [e for e in got if e[1] == "worker_exit"][0][2]
     assert not [e for e in got if e[1] == "fold"]
+    # HUP re-reads the configuration and replaces Gunicorn's log handlers; it is not a
+    # start, and our lines still reach the log afterwards.
+    old = set(children(srv.pid))
+    os.kill(srv.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while set(children(srv.pid)) & old or len(children(srv.pid)) < 2:
+        assert time.monotonic() < deadline, srv.log_tail()
+        time.sleep(0.1)
+    _recycle(srv, 0)
+    got = _events(srv)
+    assert len([e for e in got if e[1] == "start"]) == 1, got
+    assert [e[0] for e in got if e[1] == "worker_exit"] == ["WARNING", "WARNING"], got
 
 
 def test_gunicorn_debug_level_shows_the_fold_lines(server_factory, tmp_path):

@@ -8,6 +8,7 @@ servers' own logs say happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from netpoint_metrics import exits
 from netpoint_metrics.core.scrape import ScrapeCollector
 from tests import servers
 from tests.servers import total, value
+from tests.test_soak_servers import children
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,8 +191,6 @@ def _assert_not_decreasing(before: dict, after: dict, where: str) -> None:
 
 
 def _live_workers(srv: servers.Server) -> set[int]:
-    from tests.test_soak_servers import children
-
     return set(children(srv.pid))
 
 
@@ -334,3 +334,47 @@ def test_uwsgi_counts_recycles_and_keeps_counts_across_reload(server_factory, tm
     )
     assert value(s, "netpoint_metrics_folded_processes_total") >= n_recycled
     assert value(s, "netpoint_metrics_fold_errors_total") == 0
+
+
+def test_gunicorn_usr2_upgrade_keeps_every_count(server_factory, tmp_path):
+    """The old master counts its workers' exits in its own files; once it is gone they are
+    folded like any dead process's, so nothing is lost or counted twice across USR2."""
+    pidfile = tmp_path / "gunicorn.pid"
+    env = servers.base_env(tmp_path, NETPOINT_MAX_REQUESTS="8")
+    srv = server_factory("gunicorn", env=env, workers=2, extra_args=["--pid", str(pidfile)])
+    for _ in range(30):
+        assert srv.get("/api/sites/")[0] == 200
+    before = _counters(srv.scrape())
+    assert before["netpoint_metrics_folds_total"] > 0
+
+    os.kill(srv.pid, signal.SIGUSR2)
+    new_pidfile = Path(str(pidfile) + ".2")
+
+    def new_master() -> int | None:
+        try:
+            pid = int(new_pidfile.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if len(children(pid)) == 2 else None
+
+    new = _wait("the USR2 master and its workers", new_master, srv=srv)
+    try:
+        os.kill(srv.pid, signal.SIGQUIT)  # graceful stop of the old master
+        assert srv.proc.wait(30) == 0
+        def settled():
+            s = srv.scrape()
+            log = srv.log_path.read_text(errors="replace")
+            booted = set(map(int, re.findall(r"Booting worker with pid: (\d+)", log)))
+            gone = booted - set(children(new))
+            exits_total = total(s, "netpoint_metrics_worker_exits_total")
+            folded = value(s, "netpoint_metrics_folded_processes_total")
+            # Folded: every gone worker, plus the old master itself.
+            return s if exits_total == len(gone) and folded == len(gone) + 1 else None
+
+        s = _wait("the old master's counts folded", settled, timeout=40, srv=srv)
+        _assert_not_decreasing(before, _counters(s), "USR2")
+        assert value(s, "netpoint_metrics_worker_exits_total", server="gunicorn",
+                     cause="graceful") >= 2  # the old master's workers, stopped by QUIT
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(new, signal.SIGTERM)
