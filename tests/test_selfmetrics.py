@@ -212,6 +212,7 @@ def test_gunicorn_counts_every_exit_by_cause(server_factory, tmp_path):
         NETPOINT_MAX_REQUESTS="12",
         NETPOINT_TIMEOUT="2",
         NETPOINT_GRACEFUL_TIMEOUT="5",
+        NETPOINT_LOG_LEVEL="debug",  # event=worker_exit lines explain a failure
     )
     srv = server_factory("gunicorn", env=env, workers=2)
     scrapes = 0
@@ -246,24 +247,27 @@ def test_gunicorn_counts_every_exit_by_cause(server_factory, tmp_path):
     for _ in range(30):
         assert srv.get("/api/sites/")[0] == 200
 
-    log = srv.log_path.read_text(errors="replace")
-    booted = set(map(int, re.findall(r"Booting worker with pid: (\d+)", log)))
-
     def settled():
+        # Scrapes are requests too and may recycle a worker: take the metrics first, then
+        # the log and the process tree, and accept only a snapshot where they agree.
         s = scrape()
+        log = srv.log_path.read_text(errors="replace")
+        booted = set(map(int, re.findall(r"Booting worker with pid: (\d+)", log)))
         gone = booted - _live_workers(srv)
         exits_total = total(s, "netpoint_metrics_worker_exits_total", server="gunicorn")
         folded = value(s, "netpoint_metrics_folded_processes_total")
-        return s if exits_total == len(gone) and folded == len(gone) else None
+        if exits_total != len(gone) or folded != len(gone):
+            return None
+        recycled = set(map(int, re.findall(r"\[(\d+)\] \[INFO\] Autorestarting", log)))
+        # A worker we SIGKILLed or froze may have been on its last request: its cause is
+        # what ended it, not the limit it had reached.
+        return s, gone, len((recycled & gone) - {victim, frozen})
 
-    s = _wait("every exit counted and folded", settled, timeout=30, srv=srv)
+    s, gone, recycled = _wait("every exit counted and folded", settled, timeout=30, srv=srv)
     history.append(_counters(s))
     for a, b in zip(history, history[1:], strict=False):
         _assert_not_decreasing(a, b, "gunicorn")
 
-    gone = booted - _live_workers(srv)
-    log = srv.log_path.read_text(errors="replace")
-    recycled = len(re.findall(r"Autorestarting worker after current request", log))
     by_cause = {
         c: value(s, "netpoint_metrics_worker_exits_total", server="gunicorn", cause=c)
         for c in ("max_requests", "graceful", "timeout", "killed", "signal", "error", "unknown")
@@ -271,7 +275,8 @@ def test_gunicorn_counts_every_exit_by_cause(server_factory, tmp_path):
     assert by_cause["killed"] == 1, by_cause
     assert by_cause["timeout"] == 1, by_cause
     assert by_cause["graceful"] >= 2, by_cause  # the HUP stopped both old workers
-    assert by_cause["max_requests"] == recycled >= 5, by_cause
+    exit_lines = re.findall(r"event=worker_exit .*", srv.log_path.read_text(errors="replace"))
+    assert by_cause["max_requests"] == recycled >= 5, (by_cause, exit_lines)
     assert by_cause["signal"] == by_cause["error"] == by_cause["unknown"] == 0, by_cause
     assert sum(by_cause.values()) == len(gone)
     assert value(s, "netpoint_metrics_fold_errors_total") == 0
@@ -320,18 +325,20 @@ def test_uwsgi_counts_recycles_and_keeps_counts_across_reload(server_factory, tm
     srv.wait_ready()
 
     def reloaded():
+        # Scrapes are requests and may recycle a worker too: compare with the log as it is
+        # now, after the scrape.
         s = srv.scrape()
-        got = value(s, "netpoint_metrics_worker_exits_total", server="uwsgi", cause="graceful")
-        return s if got >= 2 else None
+        graceful = value(s, "netpoint_metrics_worker_exits_total", server="uwsgi", cause="graceful")
+        by_limit = value(
+            s, "netpoint_metrics_worker_exits_total", server="uwsgi", cause="max_requests"
+        )
+        return s if graceful == 2 and by_limit == recycled() else None
 
     s = _wait("the reload's worker exits", reloaded, srv=srv)
     history.append(_counters(s))
     for a, b in zip(history, history[1:], strict=False):
         _assert_not_decreasing(a, b, "uwsgi")
-    assert (
-        value(s, "netpoint_metrics_worker_exits_total", server="uwsgi", cause="max_requests")
-        == n_recycled
-    )
+    assert recycled() >= n_recycled >= 4
     assert value(s, "netpoint_metrics_folded_processes_total") >= n_recycled
     assert value(s, "netpoint_metrics_fold_errors_total") == 0
 

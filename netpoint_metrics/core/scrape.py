@@ -60,9 +60,11 @@ class ScrapeCollector:
         seconds = time.perf_counter() - t0
         seen = self._seen()
         selfmetrics.record_collect(seconds, self._unreadable_delta(seen))
+        if self.process_metrics and seen.get("lease_idents") is None:
+            seen = _with_listing(self.directory, seen)
         metrics.extend(self._directory_families(seen))
         if self.process_metrics:
-            metrics.extend(self._process_families(seen))
+            metrics.extend(self._process_families(seen.get("lease_idents")))
         return metrics
 
     def _seen(self) -> dict[str, Any]:
@@ -101,19 +103,10 @@ class ScrapeCollector:
                 out.append(GaugeMetricFamily(name, help_text, value=float(value)))
         return out
 
-    def _process_families(self, seen: dict[str, Any]) -> list[Metric]:
+    def _process_families(self, lease_idents: list[str] | None) -> list[Metric]:
         try:
-            idents = seen.get("lease_idents")
-            if idents is None:
-                idents, quarantined = _list_leases(self.directory)
-                if seen.get("quarantined") is None:
-                    out = self._directory_families({"quarantined": quarantined})
-                else:
-                    out = []
-            else:
-                out = []
-            procs = processmetrics.gather(self.directory, idents)
-            return out + processmetrics.families(procs)
+            procs = processmetrics.gather(self.directory, lease_idents)
+            return processmetrics.families(procs)
         except Exception as exc:  # a missing /proc must not fail the scrape
             if not self._warned:
                 self._warned = True
@@ -121,16 +114,27 @@ class ScrapeCollector:
             return []
 
 
-def _list_leases(directory: str) -> tuple[list[str], int]:
-    """Lease identifiers and the number of quarantined files, from one listing of names."""
+def _with_listing(directory: str, seen: dict[str, Any]) -> dict[str, Any]:
+    """``seen`` plus lease identifiers and quarantined files from one listing of names.
+
+    For a collector that does not report the leases it saw: names only, no ``stat`` and
+    no reads, and the quarantined count comes with it.
+    """
     idents: list[str] = []
     quarantined = 0
-    with os.scandir(directory) as it:
-        for entry in it:
-            name = entry.name
-            ident = names.parse_lease_name(name)
-            if ident is not None:
-                idents.append(ident)
-            elif name.startswith(names.QUARANTINE_PREFIX) and name.endswith(".bad"):
-                quarantined += 1
-    return idents, quarantined
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                name = entry.name
+                ident = names.parse_lease_name(name)
+                if ident is not None:
+                    idents.append(ident)
+                elif name.startswith(names.QUARANTINE_PREFIX) and name.endswith(".bad"):
+                    quarantined += 1
+    except OSError as exc:
+        log.debug("cannot list %s: %s", directory, exc)
+        return seen
+    out = dict(seen, lease_idents=idents)
+    if out.get("quarantined") is None:
+        out["quarantined"] = quarantined
+    return out
