@@ -47,7 +47,7 @@ def configure_environment() -> str | None:
     try:
         path = directory.ensure_directory(path)
     except directory.UnsafeDirectory as exc:
-        lifecycle.refused(path, exc)
+        log.error("%s", lifecycle.refused(path, exc))
         raise
     os.environ[identity.ENV_DIR] = path
     bootstrap()  # importing the package ran it before the directory was known
@@ -108,9 +108,10 @@ def worker_exit(server: Any, worker: Any) -> None:
     """Leave the master a note if this worker is leaving after ``max_requests``.
 
     Nothing else to do: the lease is released by the kernel whichever way the worker ends.
+    (No directory check: a worker no longer holds the ownership, and without the note
+    descriptor, which only a master with metrics on gives, this does nothing.)
     """
-    if _dir():
-        exits.gunicorn_worker_exit(worker)
+    exits.gunicorn_worker_exit(worker)
 
 
 def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None:

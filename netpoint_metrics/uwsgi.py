@@ -40,7 +40,7 @@ def _configure() -> str | None:
     try:
         path = directory.ensure_directory(path)
     except directory.UnsafeDirectory as exc:
-        lifecycle.refused(path, exc)
+        log.error("%s", lifecycle.refused(path, exc))
         raise
     os.environ[identity.ENV_DIR] = path
     bootstrap()

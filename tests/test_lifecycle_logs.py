@@ -60,7 +60,7 @@ def test_gunicorn_start_logs_one_line_and_folds_stay_below_info(server_factory, 
     got = _events(srv)
     starts = [e for e in got if e[1] == "start"]
     assert len(starts) == 1, got
-    assert starts[0][0] == "INFO" and 'reason="fresh start"' in starts[0][2]
+    assert starts[0][0] == "INFO" and "mode=fresh-start" in starts[0][2]
     assert f"pid={srv.pid}" in starts[0][2]
     # Recycles and folds happened (max_requests=5, 30 requests, one SIGKILL) ...
     log = srv.log_path.read_text(errors="replace")

@@ -131,9 +131,12 @@ def test_fold_counters_are_exact(tmp_path):
     # The counter the fake processes wrote is exact too (5 processes, 1 each).
     assert out["c"] == 5.0
     # The subprocess holds a lease and is not the directory's owner: one "job" series.
-    assert json.dumps(
-        ["netpoint_process_resident_memory_bytes", {"pid": str(out["pid"]), "role": "job"}]
-    ) in out["process"]
+    assert (
+        json.dumps(
+            ["netpoint_process_resident_memory_bytes", {"pid": str(out["pid"]), "role": "job"}]
+        )
+        in out["process"]
+    )
 
 
 # -- the wrapper reads what the collector says it saw ------------------------------------
@@ -149,9 +152,7 @@ class _Reader:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        self.stats = _Stats(
-            files=7, bytes=4096, unreadable_total=3, quarantined=2, lease_idents=[]
-        )
+        self.stats = _Stats(files=7, bytes=4096, unreadable_total=3, quarantined=2, lease_idents=[])
 
     def collect(self):
         return []
@@ -231,8 +232,11 @@ def test_gunicorn_counts_every_exit_by_cause(server_factory, tmp_path):
     # 2. SIGKILL one worker.
     victim = sorted(_live_workers(srv))[0]
     os.kill(victim, signal.SIGKILL)
-    _wait("the SIGKILLed worker's replacement", lambda: victim not in _live_workers(srv)
-          and len(_live_workers(srv)) == 2, srv=srv)
+    _wait(
+        "the SIGKILLed worker's replacement",
+        lambda: victim not in _live_workers(srv) and len(_live_workers(srv)) == 2,
+        srv=srv,
+    )
     history.append(_counters(scrape()))
     # 3. A worker that stops answering its heartbeat: Gunicorn's timeout kills it.
     frozen = sorted(_live_workers(srv))[0]
@@ -241,8 +245,11 @@ def test_gunicorn_counts_every_exit_by_cause(server_factory, tmp_path):
     # 4. HUP: new workers, old ones stopped gracefully; the master (and its counts) stays.
     before_hup = _live_workers(srv)
     os.kill(srv.pid, signal.SIGHUP)
-    _wait("HUP to replace every worker", lambda: len(_live_workers(srv)) == 2
-          and not (_live_workers(srv) & before_hup), srv=srv)
+    _wait(
+        "HUP to replace every worker",
+        lambda: len(_live_workers(srv)) == 2 and not (_live_workers(srv) & before_hup),
+        srv=srv,
+    )
     history.append(_counters(scrape()))
     for _ in range(30):
         assert srv.get("/api/sites/")[0] == 200
@@ -368,6 +375,7 @@ def test_gunicorn_usr2_upgrade_keeps_every_count(server_factory, tmp_path):
     try:
         os.kill(srv.pid, signal.SIGQUIT)  # graceful stop of the old master
         assert srv.proc.wait(30) == 0
+
         def settled():
             s = srv.scrape()
             log = srv.log_path.read_text(errors="replace")
@@ -380,8 +388,10 @@ def test_gunicorn_usr2_upgrade_keeps_every_count(server_factory, tmp_path):
 
         s = _wait("the old master's counts folded", settled, timeout=40, srv=srv)
         _assert_not_decreasing(before, _counters(s), "USR2")
-        assert value(s, "netpoint_metrics_worker_exits_total", server="gunicorn",
-                     cause="graceful") >= 2  # the old master's workers, stopped by QUIT
+        assert (
+            value(s, "netpoint_metrics_worker_exits_total", server="gunicorn", cause="graceful")
+            >= 2
+        )  # the old master's workers, stopped by QUIT
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(new, signal.SIGTERM)

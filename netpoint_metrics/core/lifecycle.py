@@ -26,7 +26,7 @@ def master_starting(path: str, owner_pid: int, *, inherit: bool = False) -> dire
     try:
         result = directory.prepare(path, owner_pid, self_ident=self_ident, inherit=inherit)
     except directory.UnsafeDirectory as exc:
-        refused(path, exc)
+        log.error("%s", refused(path, exc))
         raise
     first = os.getpid() == owner_pid or result.reason == "fresh start"
     events.emit(
@@ -35,7 +35,7 @@ def master_starting(path: str, owner_pid: int, *, inherit: bool = False) -> dire
         "start",
         dir=path,
         pid=owner_pid,
-        reason=result.reason,
+        mode=result.reason.replace(" ", "-"),
         wiped=result.wiped,
         kept_live=result.kept_live,
     )
@@ -44,13 +44,13 @@ def master_starting(path: str, owner_pid: int, *, inherit: bool = False) -> dire
     return result
 
 
-def refused(path: str, reason: object) -> None:
-    """A server will not start on ``path``: one ``event=refusal`` line saying why.
+def refused(path: str | None, reason: object) -> str:
+    """A server will not start: the one ``event=refusal`` line saying why.
 
-    The adapters call this wherever they refuse (an unsafe directory found while reading
-    the configuration, or while preparing it), then let the error stop the server.
+    Returned rather than logged: the adapters print it, log it or exit with it themselves
+    (no log handler may exist yet when they refuse), and it must be said exactly once.
     """
-    events.emit(log, logging.ERROR, "refusal", dir=path, reason=str(reason))
+    return events.format_event("refusal", dir=path, reason=str(reason))
 
 
 def worker_started() -> str:

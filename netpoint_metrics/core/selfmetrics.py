@@ -109,8 +109,7 @@ def _make() -> _Metrics:
         ),
         unreadable=Counter(
             "netpoint_metrics_unreadable_files",
-            "Value files a scrape skipped because they could not be read (one per file per "
-            "scrape)",
+            "Value files a scrape skipped because they could not be read (one per file per scrape)",
             registry=None,
         ),
     )
