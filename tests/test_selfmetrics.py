@@ -127,6 +127,9 @@ def test_fold_counters_are_exact(tmp_path):
     assert s["netpoint_metrics_collect_duration_seconds_count"] == 1
     assert s["netpoint_metrics_unreadable_files_total"] == 0
     assert s["netpoint_metrics_directory_files"] >= 1
+    # This collector reports no byte count: the one listing the scrape makes supplies it.
+    on_disk = sum(f.stat().st_size for f in d.iterdir() if f.name.endswith(".db"))
+    assert 0 < s["netpoint_metrics_directory_bytes"] <= on_disk + 1_000_000
     assert s["netpoint_metrics_quarantined_files"] == 0
     # The counter the fake processes wrote is exact too (5 processes, 1 each).
     assert out["c"] == 5.0

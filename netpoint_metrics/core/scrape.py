@@ -5,12 +5,14 @@ system's own health and every live process's resource use.
 rather than changing it, so the reader stays one concern. It adds nothing that needs another
 pass over the directory: file and byte counts, unreadable and quarantined files, and the
 list of leases come from what the collector saw while collecting (its ``stats``). A
-collector without ``stats`` (older versions) gives the file count only, and the leases are
-listed by name once per scrape for the process metrics.
+collector without ``stats`` (older versions) gives the file count only; then the directory
+is listed once per scrape (names and sizes, no reads) for the leases, bytes and quarantined
+files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -115,13 +117,16 @@ class ScrapeCollector:
 
 
 def _with_listing(directory: str, seen: dict[str, Any]) -> dict[str, Any]:
-    """``seen`` plus lease identifiers and quarantined files from one listing of names.
+    """``seen`` plus lease identifiers, quarantined files and value-file bytes, from one
+    listing of the directory.
 
-    For a collector that does not report the leases it saw: names only, no ``stat`` and
-    no reads, and the quarantined count comes with it.
+    For a collector that does not report what it saw: names, plus one ``lstat`` per value
+    file (cached by ``os.scandir``) when the collector gave no byte count; no file is read.
     """
     idents: list[str] = []
     quarantined = 0
+    size = 0
+    want_bytes = seen.get("bytes") is None
     try:
         with os.scandir(directory) as it:
             for entry in it:
@@ -131,10 +136,15 @@ def _with_listing(directory: str, seen: dict[str, Any]) -> dict[str, Any]:
                     idents.append(ident)
                 elif name.startswith(names.QUARANTINE_PREFIX) and name.endswith(".bad"):
                     quarantined += 1
+                elif want_bytes and name.endswith(".db"):
+                    with contextlib.suppress(OSError):  # removed meanwhile by a fold
+                        size += entry.stat(follow_symlinks=False).st_size
     except OSError as exc:
         log.debug("cannot list %s: %s", directory, exc)
         return seen
     out = dict(seen, lease_idents=idents)
     if out.get("quarantined") is None:
         out["quarantined"] = quarantined
+    if want_bytes:
+        out["bytes"] = size
     return out
