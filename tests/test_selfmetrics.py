@@ -328,6 +328,20 @@ def test_uwsgi_counts_recycles_and_keeps_counts_across_reload(server_factory, tm
     s = _wait("every recycle counted", settled, srv=srv)
     history.append(_counters(s))
     n_recycled = recycled()
+
+    def workers_settled() -> bool:
+        # A worker counts its own exit from atexit, registered as it starts: reload only
+        # once every live worker has started (holds its lease), or a replacement killed
+        # by the reload before it got that far would go uncounted (see exits.py).
+        pids = children(srv.pid)
+        leases = {
+            n.split("_", 1)[1].split("-", 1)[0]
+            for n in os.listdir(srv.metrics_dir)
+            if n.startswith("lease_")
+        }
+        return len(pids) == 2 and all(str(p) in leases for p in pids)
+
+    _wait("every worker started", workers_settled, srv=srv)
     # Graceful reload: the master re-executes in the same pid, workers exit through atexit.
     with open(fifo, "w") as f:
         f.write("r")
@@ -342,9 +356,14 @@ def test_uwsgi_counts_recycles_and_keeps_counts_across_reload(server_factory, tm
         by_limit = value(
             s, "netpoint_metrics_worker_exits_total", server="uwsgi", cause="max_requests"
         )
+        last["seen"] = (graceful, by_limit, recycled())
         return s if graceful == 2 and by_limit == recycled() else None
 
-    s = _wait("the reload's worker exits", reloaded, srv=srv)
+    last: dict = {}
+    try:
+        s = _wait("the reload's worker exits", reloaded, srv=srv)
+    except AssertionError as exc:
+        raise AssertionError(f"(graceful, max_requests, log recycles) = {last}") from exc
     history.append(_counters(s))
     for a, b in zip(history, history[1:], strict=False):
         _assert_not_decreasing(a, b, "uwsgi")
