@@ -23,8 +23,8 @@ import logging
 import os
 from typing import Any
 
-from netpoint_metrics import bootstrap, private_dir
-from netpoint_metrics.core import directory, identity, lifecycle, ownership
+from netpoint_metrics import bootstrap, exits, private_dir
+from netpoint_metrics.core import directory, events, identity, lifecycle, ownership
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def configure_environment() -> str | None:
         _continued = lifecycle.claim_directory(path) or _continued
         bootstrap.setup(True)
     except (bootstrap.ConfigurationError, *lifecycle.REFUSALS) as exc:
-        raise SystemExit(f"netpoint-metrics: {exc}") from None
+        raise SystemExit(lifecycle.refused(identity.multiproc_dir(), exc)) from None
     if private_dir.is_private(path):
         private_dir.start_watcher(path)
     return path
@@ -70,6 +70,10 @@ def on_starting(server: Any) -> None:
     if not path:
         return
     continued = _continued or bool(getattr(server, "master_pid", 0))
+    # Our event lines go where Gunicorn's own go (Django's LOGGING is not loaded here).
+    events.attach_handlers(
+        getattr(server.log, "error_log", None), getattr(server.log, "loglevel", None)
+    )
     try:
         lifecycle.master_starting(path, continued=continued)
     except Exception:
@@ -81,12 +85,15 @@ def post_fork(server: Any, worker: Any) -> None:
     if bootstrap.metrics_enabled() and identity.multiproc_dir():
         try:
             lifecycle.worker_started()
+            exits.gunicorn_post_fork(server, worker)
         except Exception:
             server.log.exception("netpoint-metrics: worker identity failed")
 
 
 def pre_fork(server: Any, worker: Any) -> None:
     path = _dir()
+    if path and worker is not None:
+        exits.gunicorn_pre_fork(worker)
     if path and getattr(server, "_netpoint_fold_pending", False):
         result = lifecycle.worker_died(path)
         server._netpoint_fold_pending = result.busy or result.more
@@ -95,12 +102,22 @@ def pre_fork(server: Any, worker: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     path = _dir()
     if path:
+        try:
+            exits.gunicorn_child_exit(worker)
+        except Exception:
+            server.log.exception("netpoint-metrics: could not count a worker exit")
         result = lifecycle.worker_died(path)
         server._netpoint_fold_pending = result.busy or result.more
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Nothing to do: the lease is released by the kernel whichever way the worker ends."""
+    """Leave the master a note if this worker is leaving after ``max_requests``.
+
+    Nothing else to do: the lease is released by the kernel whichever way the worker ends.
+    (No directory check: a worker no longer holds the ownership, and without the note
+    descriptor, which only a master with metrics on gives, this does nothing.)
+    """
+    exits.gunicorn_worker_exit(worker)
 
 
 def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None:

@@ -29,6 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from netpoint_metrics.core import access
 from netpoint_metrics.core.collect import DirectoryCollector
 from netpoint_metrics.core.lock import LockTimeout
+from netpoint_metrics.core.scrape import ScrapeCollector
 from netpoint_metrics.registry import new_registry
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class Exporter(ThreadingHTTPServer):
         self.policy = policy
         self.collector = DirectoryCollector(path)  # the warm cache: one per process
         self.registry = new_registry()
-        self.registry.register(self.collector)
+        # Directory and per-process gauges too; it writes nothing (no value class here).
+        self.registry.register(ScrapeCollector(self.collector))
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)

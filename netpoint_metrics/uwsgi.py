@@ -24,8 +24,8 @@ from typing import Any
 
 import uwsgi  # only importable inside a uWSGI process
 
-from netpoint_metrics import bootstrap, config, private_dir
-from netpoint_metrics.core import identity, lifecycle
+from netpoint_metrics import bootstrap, config, exits, private_dir
+from netpoint_metrics.core import events, identity, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ def _master_setup() -> str | None:
         bootstrap.setup(True)
     except (bootstrap.ConfigurationError, *lifecycle.REFUSALS) as exc:
         # One line in the log and a non-zero exit: uWSGI cannot start a master we refuse.
-        print(f"netpoint-metrics: {exc}", file=sys.stderr, flush=True)
+        print(lifecycle.refused(identity.multiproc_dir(), exc), file=sys.stderr, flush=True)
         os._exit(1)
     if private_dir.is_private(path):
         private_dir.start_watcher(path)
+    events.attach_handlers()  # stderr is uWSGI's log; Django's LOGGING is not loaded yet
     lifecycle.master_starting(path, continued=continued)
     os.environ[ENV_READY] = path
     return path
@@ -71,6 +72,7 @@ def _worker_begins() -> None:
     if path:
         try:
             lifecycle.worker_started()
+            exits.uwsgi_register_exit()
             lifecycle.worker_died(path)
         except Exception:
             log.exception("netpoint-metrics: worker start-up step failed")

@@ -21,6 +21,7 @@ from netpoint_metrics.bootstrap import metrics_enabled
 from netpoint_metrics.core import access, identity
 from netpoint_metrics.core.collect import DirectoryCollector
 from netpoint_metrics.core.lock import LockTimeout
+from netpoint_metrics.core.scrape import ScrapeCollector
 from netpoint_metrics.migration_metrics import MigrationCollector
 from netpoint_metrics.registry import new_registry
 
@@ -45,7 +46,9 @@ def get_registry() -> CollectorRegistry:
             return REGISTRY
         if _registry is None or _registry[:2] != (os.getpid(), path):
             registry = new_registry()
-            registry.register(DirectoryCollector(path, fold_every=FOLD_EVERY))
+            # The wrapper adds self-metrics and per-process metrics, and runs the
+            # opportunistic folds itself so that they are counted like the servers' own.
+            registry.register(ScrapeCollector(DirectoryCollector(path), fold_every=FOLD_EVERY))
             registry.register(MigrationCollector())
             _registry = (os.getpid(), path, registry)
         return _registry[2]

@@ -344,11 +344,17 @@ def children(pid: int) -> list[int]:
 
 
 def counters(samples: dict) -> dict:
-    """The samples that must never decrease: counter totals, histogram buckets/counts/sums."""
+    """The samples that must never decrease: counter totals, histogram buckets/counts/sums.
+
+    Per-process series (``netpoint_process_*``, one per live pid) end with their process by
+    design: a replaced worker's CPU seconds vanish, they do not decrease.
+    """
     return {
         k: v
         for k, v in samples.items()
-        if k[0].endswith(("_total", "_bucket", "_count", "_sum")) and "migrations" not in k[0]
+        if k[0].endswith(("_total", "_bucket", "_count", "_sum"))
+        and "migrations" not in k[0]
+        and not k[0].startswith("netpoint_process_")
     }
 
 

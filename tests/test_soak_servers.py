@@ -44,9 +44,14 @@ def children(pid: int) -> list[int]:
 
 
 def monotone_samples(text: str) -> dict:
+    """Counter and histogram samples that must never dip or vanish.
+
+    Per-process series (``netpoint_process_*``, one per live pid) end with their process by
+    design, so they are left out.
+    """
     out = {}
     for fam in text_string_to_metric_families(text):
-        if fam.type in ("counter", "histogram"):
+        if fam.type in ("counter", "histogram") and not fam.name.startswith("netpoint_process_"):
             for s in fam.samples:
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
