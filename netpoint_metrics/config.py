@@ -48,7 +48,8 @@ INT_SETTINGS: dict[str, int] = {
 #: Supported versions, ``[floor, ceiling)``: the same ranges as ``pyproject.toml``'s
 #: dependencies (a test keeps them equal). Below the floor the toolkit is known not to
 #: work (``prometheus_client.django`` first shipped in 0.24, and 0.24.0 cannot import it),
-#: so a server refuses to start; at or above the ceiling it is untested, so a server starts and logs a warning.
+#: so a server refuses to start; at or above the ceiling it is untested, so a server
+#: starts and logs a warning.
 SUPPORTED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "prometheus-client": ((0, 24, 1), (0, 27)),
     "django-prometheus": ((2, 4), (2, 6)),
