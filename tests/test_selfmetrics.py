@@ -342,10 +342,11 @@ def test_uwsgi_counts_recycles_and_keeps_counts_across_reload(server_factory, tm
         return len(pids) == 2 and all(str(p) in leases for p in pids)
 
     _wait("every worker started", workers_settled, srv=srv)
+    before_reload = set(children(srv.pid))
     # Graceful reload: the master re-executes in the same pid, workers exit through atexit.
     with open(fifo, "w") as f:
         f.write("r")
-    time.sleep(0.5)
+    _wait("the old workers to go", lambda: not set(children(srv.pid)) & before_reload, srv=srv)
     srv.wait_ready()
 
     def reloaded():
