@@ -1,0 +1,288 @@
+"""The value class that prometheus-client writes every metric update through.
+
+It replaces ``prometheus_client.values.MultiProcessValue`` and writes the same files in the
+same format (:mod:`.valuefile`), with three differences that matter in production:
+
+* **Cheap writes.** The stock class calls the process identifier (``os.getpid()`` or ours)
+  on every ``inc``/``set``/``get`` to notice a fork, then looks the key up in a dict and
+  packs 16 bytes with ``struct``. Here a fork is noticed once, by ``os.register_at_fork``,
+  which switches every value to a slow class (``__class__`` assignment, no per-write
+  check); a normal update is one lock, one float add and one 8-byte store through a
+  ``memoryview`` at an index fixed when the value was bound.
+* **A child never writes into its parent's files.** After a fork, the first update in the
+  child (any thread) re-binds every value to new files named by the child's own identifier
+  (``identity.current``: ``<pid>-<nonce>`` and a new lease), starting from zero, as stock
+  prometheus-client does after a pid change.
+* **A full disk is survivable.** Space is reserved with ``posix_fallocate`` before it is
+  mapped (no SIGBUS). An update that cannot be stored (its file could not be created or
+  grown) is dropped, not applied in memory either, and counted in
+  ``netpoint_metrics_dropped_updates_total``; a retry for space happens at most every
+  :data:`RETRY_SECONDS`, and recording resumes by itself when space returns. What was
+  already stored stays as it was: nothing is lost or counted twice.
+
+The dropped-updates counter must not itself need space: its entry is the first one written
+into the process's counter file, in the space reserved when the file is created, so updating
+it never allocates. The count is kept in memory as well; if even the counter file cannot be
+created, the count is written into it as soon as it exists (it is a new file of this process,
+so that is the whole count, once). It reaches every scrape through the files like any
+counter, summed over processes and folded like one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from netpoint_metrics.core.valuefile import SPACE_ERRNOS, ValueFile, mmap_key
+
+log = logging.getLogger(__name__)
+
+#: Least time between two attempts to find space once the disk was found full.
+RETRY_SECONDS = 1.0
+DROPPED_NAME = "netpoint_metrics_dropped_updates"
+DROPPED_HELP = (
+    "Metric updates not stored because their value file could not be created or grown "
+    "(for example a full disk); counted per process"
+)
+
+
+class _State:
+    """Everything one installed value class shares (one per process)."""
+
+    def __init__(self, process_identifier: Callable[[], str]) -> None:
+        self.process_identifier = process_identifier
+        self.lock = threading.Lock()
+        self.files: dict[str, ValueFile] = {}
+        self.values: list[Any] = []
+        self.stale = False  # set in a forked child until its first update re-binds
+        self.retry_at = 0.0
+        self.dropping = False
+        self.dropped = 0
+        self.dropped_file: ValueFile | None = None
+        self.dropped_index = -1
+        self.generation = 0
+
+
+def _directory() -> str:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
+        "prometheus_multiproc_dir"  # noqa: SIM112  (prometheus-client's deprecated name)
+    )
+    if not path:
+        raise RuntimeError("PROMETHEUS_MULTIPROC_DIR is not set")
+    return path
+
+
+def make_value_class(process_identifier: Callable[[], str]) -> type:
+    """A ``ValueClass`` for prometheus-client writing files named by ``process_identifier``.
+
+    Install it as ``prometheus_client.values.ValueClass`` before any metric is created.
+    """
+    state = _State(process_identifier)
+
+    def file_for(prefix: str) -> ValueFile:
+        """The file of ``prefix`` for this process; the counter file (with the dropped
+        counter's reserved entry) always comes first. Raises ``OSError`` for no space."""
+        if prefix != "counter" and "counter" not in state.files:
+            file_for("counter")
+        f = state.files.get(prefix)
+        if f is None:
+            ident = state.process_identifier()
+            f = ValueFile(os.path.join(_directory(), f"{prefix}_{ident}.db"))
+            state.files[prefix] = f
+            if prefix == "counter":
+                bind_dropped(f)
+        return f
+
+    def bind_dropped(f: ValueFile) -> None:
+        key = mmap_key(DROPPED_NAME, DROPPED_NAME + "_total", (), (), DROPPED_HELP)
+        index = f.index(key)  # a fresh file: lands in the space reserved at creation
+        state.dropped_file, state.dropped_index = f, index
+        f.view[index] = float(state.dropped)
+
+    def count_drop() -> None:
+        state.dropped += 1
+        if not state.dropping:
+            state.dropping = True
+            log.warning(
+                "netpoint-metrics: no space for metric values in %s; updates are dropped "
+                "and counted in %s_total until space returns",
+                os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+                DROPPED_NAME,
+            )
+        f = state.dropped_file
+        if f is not None:
+            f.view[state.dropped_index] = float(state.dropped)
+
+    def bind(value: Any) -> bool:
+        """Give ``value`` its slot in this process's file; False (and slow class) if no space."""
+        try:
+            f = file_for(value._prefix)
+            index = f.index(value._key)
+        except OSError as exc:
+            if exc.errno not in SPACE_ERRNOS:
+                log.warning("netpoint-metrics: cannot store metric values: %s", exc)
+            state.retry_at = time.monotonic() + RETRY_SECONDS
+            value._view = None
+            value.__class__ = SlowValue
+            return False
+        view = f.view
+        value._view = view
+        value._index = index
+        value._value = view[index]
+        value._timestamp = view[index + 1]
+        f.users.append(value)
+        value.__class__ = Value
+        return True
+
+    def rebind_all() -> None:
+        """In a forked child: move every value to this process's own new files."""
+        state.stale = False
+        for value in state.values:
+            bind(value)
+
+    def ensure_bound(value: Any) -> bool:
+        """Slow path, lock held: is ``value`` bound now (after a fork or a full disk)?"""
+        if state.stale:
+            rebind_all()
+        if value._view is not None:
+            return True
+        if time.monotonic() < state.retry_at:
+            return False
+        if bind(value):
+            state.retry_at = 0.0
+            if state.dropping:
+                state.dropping = False
+                log.warning("netpoint-metrics: space for metric values is back; recording resumes")
+            return True
+        return False
+
+    class Value:
+        """A metric value stored in this process's mmapped file (the fast path)."""
+
+        __slots__ = ("_params", "_prefix", "_key", "_value", "_timestamp", "_view", "_index")
+        _multiprocess = True
+        _netpoint_state = state
+
+        def __init__(
+            self,
+            typ: str,
+            metric_name: str,
+            name: str,
+            labelnames: Any,
+            labelvalues: Any,
+            help_text: str,
+            multiprocess_mode: str = "",
+            **kwargs: Any,
+        ) -> None:
+            self._params = (typ, metric_name, name, labelnames, labelvalues, help_text)
+            self._prefix = f"gauge_{multiprocess_mode}" if typ == "gauge" else typ
+            self._key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
+            self._value = 0.0
+            self._timestamp = 0.0
+            self._view: Any = None
+            self._index = -1
+            with state.lock:
+                if state.stale:
+                    rebind_all()
+                state.values.append(self)
+                bind(self)
+
+        def inc(self, amount: float) -> None:
+            with state.lock:
+                v = self._value + amount
+                self._value = v
+                self._view[self._index] = v
+
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            with state.lock:
+                self._value = value
+                self._timestamp = ts = timestamp or 0.0
+                view, i = self._view, self._index
+                view[i] = value
+                view[i + 1] = ts
+
+        def set_exemplar(self, exemplar: Any) -> None:
+            return  # as stock: exemplars are not stored in multiprocess mode
+
+        def get(self) -> float:
+            with state.lock:
+                if state.stale:
+                    rebind_all()
+                return float(self._value)
+
+        def get_exemplar(self) -> None:
+            return None
+
+        @classmethod
+        def close_all_files(cls) -> None:
+            close_all()
+
+    class SlowValue(Value):
+        """A value that must be (re-)bound first: after a fork, or while the disk is full."""
+
+        __slots__ = ()
+
+        def inc(self, amount: float) -> None:
+            with state.lock:
+                if not ensure_bound(self):
+                    count_drop()
+                    return
+                v = self._value + amount
+                self._value = v
+                self._view[self._index] = v
+
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            with state.lock:
+                if not ensure_bound(self):
+                    count_drop()
+                    return
+                self._value = value
+                self._timestamp = ts = timestamp or 0.0
+                view, i = self._view, self._index
+                view[i] = value
+                view[i + 1] = ts
+
+    def close_all() -> None:
+        with state.lock:
+            for f in state.files.values():
+                for user in f.users:
+                    user._view = None
+                    user.__class__ = SlowValue
+                f.close()
+            state.files.clear()
+            state.values.clear()
+            state.dropped_file = None
+
+    def after_fork_in_child() -> None:
+        # Only one thread exists here. The parent's lock may have been held by a thread
+        # that does not exist in the child: replace it. No I/O here; the first update in
+        # the child re-binds (see ``ensure_bound``).
+        state.lock = threading.Lock()
+        for f in state.files.values():
+            f.forget()
+        state.files.clear()
+        state.stale = True
+        state.dropped = 0
+        state.dropping = False
+        state.dropped_file = None
+        state.retry_at = 0.0
+        state.generation += 1
+        for value in state.values:
+            value.__class__ = SlowValue
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
+    Value.__qualname__ = Value.__name__ = "NetpointValue"
+    SlowValue.__qualname__ = SlowValue.__name__ = "NetpointSlowValue"
+    return Value
+
+
+def dropped_updates(value_class: type) -> float:
+    """This process's dropped-update count (for tests and diagnostics)."""
+    state = getattr(value_class, "_netpoint_state", None)
+    if not isinstance(state, _State):
+        raise TypeError(f"{value_class!r} was not made by make_value_class")
+    return float(state.dropped)
