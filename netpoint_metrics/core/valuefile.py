@@ -129,7 +129,7 @@ class ValueFile:
 
     __slots__ = ("path", "view", "users", "_fd", "_mmap", "_capacity", "_used", "_positions")
     path: str
-    view: memoryview
+    view: Any  # memoryview cast to float64 ("d")
     users: list[Bindable]
     _fd: int
     _mmap: mmap.mmap
