@@ -1,7 +1,8 @@
 """Our middlewares, database backend and value class emit exactly what django-prometheus does.
 
-One request sequence (every status class, methods valid and invalid, AJAX, HTTPS, a body,
-a cache miss and hit, a view that raises from the database: a duplicate unique name) runs through the sample app
+One request sequence (every status class, methods valid and invalid, AJAX, HTTPS, a body, a
+cache miss and hit, a view that raises from the database: a duplicate unique name) runs
+through the sample app
 twice, each in its own process and metrics directory:
 
 * stock: django-prometheus's middlewares and database backend, prometheus-client's own
