@@ -249,3 +249,30 @@ def test_a_file_that_cannot_be_created_leaves_nothing_behind(mpdir: Path) -> Non
     assert os.waitstatus_to_exitcode(status) == 0
     assert [n for n in os.listdir(mpdir) if not n.startswith(".")] == []
     assert os.listdir(mpdir) == [], "a temporary file was left behind"
+
+
+def test_fork_from_c_without_python_handlers_is_noticed(mpdir: Path) -> None:
+    """uWSGI forks workers from C and runs no ``os.register_at_fork`` handler by default."""
+    import ctypes
+
+    _use(nv.make_value_class(identity.current))
+    c = Counter("cfork", "forked from C", registry=None)
+    c.inc(5)
+    parent_ident = identity.current()
+    parent_file = mpdir / f"counter_{parent_ident}.db"
+    before = parent_file.read_bytes()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = libc.fork()  # no Python at-fork handlers run in this child
+    assert pid >= 0
+    if pid == 0:
+        code = 1
+        try:
+            c.inc(100)
+            code = 0 if identity.current() != parent_ident else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert parent_file.read_bytes() == before, "the C-forked child wrote into its parent's file"
+    assert "cfork_total 105.0" in _stock_text(mpdir)
+    assert len([n for n in os.listdir(mpdir) if n.startswith("counter_")]) == 2

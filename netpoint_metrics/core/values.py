@@ -3,12 +3,14 @@
 It replaces ``prometheus_client.values.MultiProcessValue`` and writes the same files in the
 same format (:mod:`.valuefile`), with three differences that matter in production:
 
-* **Cheap writes.** The stock class calls the process identifier (``os.getpid()`` or ours)
-  on every ``inc``/``set``/``get`` to notice a fork, then looks the key up in a dict and
-  packs 16 bytes with ``struct``. Here a fork is noticed once, by ``os.register_at_fork``,
-  which switches every value to a slow class (``__class__`` assignment, no per-write
-  check); a normal update is one lock, one float add and one 8-byte store through a
-  ``memoryview`` at an index fixed when the value was bound.
+* **Cheap writes.** The stock class calls the process identifier (``os.getpid()`` or ours,
+  a system call) on every ``inc``/``set``/``get`` to notice a fork, then looks the key up in
+  a dict and packs 16 bytes with ``struct``. Here a normal update is one read of a
+  wipe-on-fork guard byte (:func:`_fork_guard`), one lock, one float add and one 8-byte
+  store through a ``memoryview`` at an index fixed when the value was bound. A fork is
+  noticed by ``os.register_at_fork`` (forks made through Python) or by the guard byte
+  reading 0 (forks made from C, as uWSGI does); either switches every value to a slow class
+  (``__class__`` assignment) that re-binds on first use.
 * **A child never writes into its parent's files.** After a fork, the first update in the
   child (any thread) re-binds every value to new files named by the child's own identifier
   (``identity.current``: ``<pid>-<nonce>`` and a new lease), starting from zero, as stock
@@ -31,6 +33,7 @@ counter, summed over processes and folded like one.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import time
@@ -65,6 +68,7 @@ class _State:
         self.dropped_file: ValueFile | None = None
         self.dropped_index = -1
         self.generation = 0
+        self.pid = os.getpid()
 
 
 def _directory() -> str:
@@ -76,12 +80,41 @@ def _directory() -> str:
     return path
 
 
+#: ``madvise`` advice: the child of a fork sees this private page zero-filled (Linux 4.14).
+_MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18)
+
+
+def _fork_guard() -> tuple[Any, bool]:
+    """One byte that reads 1 in the process that set it and 0 in any forked child.
+
+    ``os.register_at_fork`` handlers only run for forks made through Python (``os.fork``,
+    Gunicorn, multiprocessing). uWSGI forks its workers from C and, unless
+    ``py-call-osafterfork`` is set, runs none of them; a child that kept writing through
+    the inherited mappings would corrupt its parent's files. A wipe-on-fork page catches
+    every fork for the cost of one memory read (~10 ns against ~150 ns for ``getpid()``).
+    Where the kernel lacks it, a plain byte that only the at-fork handler resets is used.
+    """
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        page.madvise(_MADV_WIPEONFORK)
+        page[0] = 1
+        return page, True
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning(
+            "netpoint-metrics: no wipe-on-fork memory (%s); only forks through Python's "
+            "os.fork are noticed (uWSGI needs py-call-osafterfork = true)",
+            exc,
+        )
+        return bytearray(b"\x01"), False
+
+
 def make_value_class(process_identifier: Callable[[], str]) -> type:
     """A ``ValueClass`` for prometheus-client writing files named by ``process_identifier``.
 
     Install it as ``prometheus_client.values.ValueClass`` before any metric is created.
     """
     state = _State(process_identifier)
+    guard, _ = _fork_guard()
 
     def file_for(prefix: str) -> ValueFile:
         """The file of ``prefix`` for this process; the counter file (with the dropped
@@ -185,6 +218,8 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
             self._timestamp = 0.0
             self._view: Any = None
             self._index = -1
+            if not guard[0]:
+                forked()
             with state.lock:
                 if state.stale:
                     rebind_all()
@@ -192,12 +227,20 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
                 bind(self)
 
         def inc(self, amount: float) -> None:
+            if not guard[0]:
+                forked()
+                self.inc(amount)  # now the slow class: re-binds first
+                return
             with state.lock:
                 v = self._value + amount
                 self._value = v
                 self._view[self._index] = v
 
         def set(self, value: float, timestamp: float | None = None) -> None:
+            if not guard[0]:
+                forked()
+                self.set(value, timestamp)
+                return
             with state.lock:
                 self._value = value
                 self._timestamp = ts = timestamp or 0.0
@@ -209,6 +252,8 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
             return  # as stock: exemplars are not stored in multiprocess mode
 
         def get(self) -> float:
+            if not guard[0]:
+                forked()
             with state.lock:
                 if state.stale:
                     rebind_all()
@@ -227,6 +272,8 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         __slots__ = ()
 
         def inc(self, amount: float) -> None:
+            if not guard[0]:
+                forked()
             with state.lock:
                 if not ensure_bound(self):
                     count_drop()
@@ -236,6 +283,8 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
                 self._view[self._index] = v
 
         def set(self, value: float, timestamp: float | None = None) -> None:
+            if not guard[0]:
+                forked()
             with state.lock:
                 if not ensure_bound(self):
                     count_drop()
@@ -257,10 +306,18 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
             state.values.clear()
             state.dropped_file = None
 
-    def after_fork_in_child() -> None:
-        # Only one thread exists here. The parent's lock may have been held by a thread
-        # that does not exist in the child: replace it. No I/O here; the first update in
-        # the child re-binds (see ``ensure_bound``).
+    def forked() -> None:
+        """In a forked child (at-fork handler, or the guard byte read 0): start over.
+
+        Only the forking thread exists right after a fork, and the parent's lock may have
+        been held by a thread that does not exist here: replace it. No I/O: the first
+        update re-binds every value to this process's own new files (``ensure_bound``).
+        """
+        pid = os.getpid()
+        if state.pid == pid:
+            guard[0] = 1
+            return
+        state.pid = pid
         state.lock = threading.Lock()
         for f in state.files.values():
             f.forget()
@@ -273,8 +330,9 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         state.generation += 1
         for value in state.values:
             value.__class__ = SlowValue
+        guard[0] = 1
 
-    os.register_at_fork(after_in_child=after_fork_in_child)
+    os.register_at_fork(after_in_child=forked)
     Value.__qualname__ = Value.__name__ = "NetpointValue"
     SlowValue.__qualname__ = SlowValue.__name__ = "NetpointSlowValue"
     return Value
