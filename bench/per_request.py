@@ -64,7 +64,10 @@ def _worker(variant: str, path: str) -> None:
 
     if variant == "stock":
         values.ValueClass = values.MultiProcessValue()
+        stock = {v: k for k, v in OURS_MIDDLEWARE.items()}
+        settings.MIDDLEWARE = [stock.get(m, m) for m in settings.MIDDLEWARE]
     elif variant.startswith("ours"):
+        # ours-mw: our middlewares and value class, django-prometheus's database backend.
         from netpoint_metrics.core import identity
         from netpoint_metrics.core.values import make_value_class
 

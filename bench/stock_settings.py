@@ -1,3 +1,9 @@
 from netpoint_metrics.sample.settings import *  # noqa: F403
+from netpoint_metrics.sample.settings import MIDDLEWARE as _SAMPLE_MIDDLEWARE
 
 ROOT_URLCONF = "bench.stock_urls"
+# The stock recipe uses django-prometheus's own middlewares, not netpoint_metrics.instrumentation.
+MIDDLEWARE = [
+    m.replace("netpoint_metrics.instrumentation.", "django_prometheus.middleware.")
+    for m in _SAMPLE_MIDDLEWARE
+]

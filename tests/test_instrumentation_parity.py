@@ -35,6 +35,11 @@ settings.MIDDLEWARE  # imports the sample settings (which set up netpoint_metric
 from prometheus_client import values
 if variant == "stock":
     values.ValueClass = values.MultiProcessValue()
+    settings.MIDDLEWARE = [
+        m.replace("netpoint_metrics.instrumentation.", "django_prometheus.middleware.")
+        for m in settings.MIDDLEWARE
+    ]
+    assert "django_prometheus.middleware.PrometheusAfterMiddleware" in settings.MIDDLEWARE
 else:
     from netpoint_metrics.core import identity
     from netpoint_metrics.core.values import make_value_class
