@@ -98,6 +98,21 @@ for round_ in range(3):
         c.delete(f"/api/devices/{round_ + 1}/"),
     ]:
         statuses.append(r.status_code)
+# Responses the sample app never makes: a template response and a streaming one, through
+# the variant's own After middleware.
+from importlib import import_module
+from django.http import StreamingHttpResponse
+from django.template.response import SimpleTemplateResponse
+from django.test import RequestFactory
+module = "netpoint_metrics.instrumentation"
+if variant == "stock":
+    module = "django_prometheus.middleware"
+after = import_module(module).PrometheusAfterMiddleware(lambda r: None)
+for _ in range(2):
+    req = RequestFactory().get("/somewhere/")
+    after.process_request(req)
+    after.process_template_response(req, SimpleTemplateResponse("dcim/some.html"))
+    after.process_response(req, StreamingHttpResponse(iter([b"a", b"bc"])))
 print(" ".join(map(str, statuses)))
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -181,9 +196,14 @@ def test_same_families_names_labels_and_values_as_django_prometheus(tmp_path: Pa
         "django_db_errors",
         "django_db_query_duration_seconds",
         "django_cache_get",
+        "django_http_responses_total_by_templatename",
+        "django_http_responses_streaming",
     ):
         assert name in families, f"{name} missing from the compared output"
     key = ("django_http_requests_total_by_method", "django_http_requests_total_by_method_total")
     assert stock[(*key, (("method", "<invalid method>"),))] == 3.0
-    assert stock[(*key, (("method", "GET"),))] == 3.0 * 7
+    assert stock[(*key, (("method", "GET"),))] == 3.0 * 7 + 2  # + the two direct calls
+    assert (
+        stock[("django_http_responses_streaming", "django_http_responses_streaming_total", ())] == 2
+    )
     assert ours_text.count("netpoint_metrics_dropped_updates_total 0.0") == 1
