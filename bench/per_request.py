@@ -1,11 +1,12 @@
 """CPU per request, in-process: metrics off vs stock django-prometheus vs ours (issue 11.2).
 
-Run by hand: ``python bench/per_request.py [--rounds 7] [--requests 2000] [--path /api/devices/]``
+Run by hand: ``python bench/per_request.py [--rounds 21] [--requests 400] [--path /api/devices/]``
 
 Three long-lived worker processes, one per variant, each with the sample app loaded and a
 WSGI handler called directly with a prebuilt environ (no socket, no server: what is left is
 Django plus the metrics code). All three are pinned to the same CPU and measured in turn,
-round after round, alternating the order, so drift on this shared machine hits them alike.
+round after round, alternating the order, in short slices (400 requests, ~0.2-0.4 s), so
+drift on this shared machine hits them alike; ratios are taken within a round.
 
 * ``off``   METRICS_ENABLED=0: plain Django middlewares, database and cache backends.
 * ``stock`` django-prometheus's middlewares and backends with prometheus-client's own
@@ -190,8 +191,8 @@ def _spread(xs: list[float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--path", default="/api/devices/")
     ap.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1, help="-1: no pinning")
     ap.add_argument("--json", type=Path, help="write the results here too")
