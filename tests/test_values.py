@@ -276,3 +276,30 @@ def test_fork_from_c_without_python_handlers_is_noticed(mpdir: Path) -> None:
     assert parent_file.read_bytes() == before, "the C-forked child wrote into its parent's file"
     assert "cfork_total 105.0" in _stock_text(mpdir)
     assert len([n for n in os.listdir(mpdir) if n.startswith("counter_")]) == 2
+
+
+def test_gthread_workers_count_every_request_exactly(server_factory) -> None:
+    """Gunicorn ``gthread`` workers: many threads update the same values at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests import servers
+
+    srv = server_factory(
+        "gunicorn", workers=2, extra_args=["--worker-class", "gthread", "--threads", "8"]
+    )
+    base = srv.scrape()
+    api = ("netpoint_api_requests_total", {"endpoint": "device-list", "method": "GET"})
+    start = servers.total(base, api[0], **api[1])
+
+    def one(_: int) -> int:
+        return srv.get("/api/devices/")[0]
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(400)))
+    assert codes == [200] * 400
+    s = srv.scrape()
+    assert servers.total(s, api[0], **api[1]) == start + 400
+    view = "django_http_requests_total_by_view_transport_method_total"
+    assert servers.value(s, view, view="device-list", transport="http", method="GET") == 400
+    lat = "django_http_requests_latency_seconds_by_view_method_count"
+    assert servers.value(s, lat, view="device-list", method="GET") == 400
