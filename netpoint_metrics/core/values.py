@@ -49,7 +49,7 @@ RETRY_SECONDS = 1.0
 DROPPED_NAME = "netpoint_metrics_dropped_updates"
 DROPPED_HELP = (
     "Metric updates not stored because their value file could not be created or grown "
-    "(for example a full disk); counted per process"
+    "(for example a full disk), summed over processes"
 )
 
 
