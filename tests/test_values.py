@@ -303,3 +303,39 @@ def test_gthread_workers_count_every_request_exactly(server_factory) -> None:
     assert servers.value(s, view, view="device-list", transport="http", method="GET") == 400
     lat = "django_http_requests_latency_seconds_by_view_method_count"
     assert servers.value(s, lat, view="device-list", method="GET") == 400
+
+
+def test_valuefile_matches_prometheus_client_reader_for_any_keys(tmp_path: Path) -> None:
+    """Whatever keys (any text, any length, growth included), the stock reader agrees."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from prometheus_client.mmap_dict import MmapedDict
+
+    counter = iter(range(10**6))
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(st.text(min_size=0, max_size=3000), st.floats(allow_nan=False)),
+            min_size=1,
+            max_size=60,
+        )
+    )
+    def check(entries: list[tuple[str, float]]) -> None:
+        path = tmp_path / f"counter_{next(counter)}.db"
+        f = valuefile.ValueFile(str(path))
+        want: dict[str, float] = {}
+        for key, v in entries:
+            i = f.index(key)
+            f.view[i] = v
+            want[key] = v
+        f.close()
+        got = {k: v for k, v, _, _ in MmapedDict.read_all_values_from_file(str(path))}
+        assert got == want
+        # Reopened (as after close_all_files), the same slots come back.
+        again = valuefile.ValueFile(str(path))
+        for key, v in want.items():
+            assert again.view[again.index(key)] == v
+        again.close()
+
+    check()

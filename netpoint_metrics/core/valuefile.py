@@ -177,7 +177,7 @@ class ValueFile:
         mm = self._mmap
         while pos + 4 <= self._used:
             n: int = _INT.unpack_from(mm, pos)[0]
-            if n <= 0 or pos + 4 + n > self._used:
+            if n < 0 or pos + 4 + n > self._used:
                 break
             key = bytes(mm[pos + 4 : pos + 4 + n]).decode("utf-8", "replace")
             pos += 4 + n + (8 - (n + 4) % 8)
