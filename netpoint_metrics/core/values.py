@@ -155,8 +155,8 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         try:
             f = file_for(value._prefix)
             index = f.index(value._key)
-        except OSError as exc:
-            if exc.errno not in SPACE_ERRNOS:
+        except Exception as exc:  # metrics must never break the request that updates them
+            if getattr(exc, "errno", None) not in SPACE_ERRNOS and not state.dropping:
                 log.warning("netpoint-metrics: cannot store metric values: %s", exc)
             state.retry_at = time.monotonic() + RETRY_SECONDS
             value._view = None
