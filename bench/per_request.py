@@ -22,6 +22,11 @@ metrics cost, ``variant - off`` in CPU microseconds per request, and its ratio
 ``(ours - off) / (stock - off)``, computed per round (both from the same round) and shown as
 min / median / max over rounds. Results go to stdout as a table and, with ``--json``, to a
 file.
+
+``--wrk SECONDS`` measures throughput instead: one Gunicorn server (2 workers, pinned to
+CPU 0) per variant, ``wrk`` pinned to CPU 1, rounds alternating between the servers, and
+reports requests/s on/off per round (min / median / max). There ``ours`` is
+``bench/values_settings.py`` (our database backend too) and ``ours-mw`` the sample settings.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -140,6 +146,78 @@ def _seed() -> None:
         Device.objects.create(name=f"dev{i}", site=site, status="active")
 
 
+# -- Gunicorn + wrk mode ---------------------------------------------------------------------
+
+
+def _wrk(url: str, seconds: int, cpu: int | None) -> float:
+    exe = shutil.which("wrk")
+    if not exe:
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    cmd = [exe, "-t1", "-c4", f"-d{seconds}s", url]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(out.stdout)
+
+
+def _gunicorn(variant: str, tmp: Path, cpu: int | None):  # -> tests.servers.Server
+    sys.path.insert(0, str(ROOT))
+    from tests import servers
+
+    d = tmp / variant
+    d.mkdir()
+    env = servers.base_env(d, metrics=variant != "off")
+    port = servers.free_port()
+    env.update(
+        NETPOINT_BIND=f"127.0.0.1:{port}", NETPOINT_WORKERS="2", NETPOINT_LOG_LEVEL="warning"
+    )
+    conf = ROOT / "gunicorn_conf.py"
+    if variant == "ours":
+        env["DJANGO_SETTINGS_MODULE"] = "bench.values_settings"
+    servers.migrate(env)
+    if variant == "stock":
+        env["DJANGO_SETTINGS_MODULE"] = "bench.stock_settings"
+        conf = ROOT / "bench/stock_gunicorn_conf.py"
+    cmd = [servers.binary("gunicorn"), "-c", str(conf)]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    return servers._start("gunicorn", cmd, d, env, port)
+
+
+def wrk_mode(rounds: int, seconds: int, path: str) -> dict:
+    """Gunicorn, 2 workers, each variant its own server; wrk rounds alternate between them."""
+    ncpu = os.cpu_count() or 1
+    server_cpu, wrk_cpu = (0, 1) if ncpu >= 2 else (None, None)
+    with tempfile.TemporaryDirectory(prefix="per-request-wrk-") as d:
+        srvs = {}
+        try:
+            for v in VARIANTS:
+                srvs[v] = _gunicorn(v, Path(d), server_cpu)
+                for _ in range(50):
+                    assert srvs[v].get(path)[0] == 200
+            rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            for r in range(rounds):
+                k = r % len(VARIANTS)
+                for v in VARIANTS[k:] + VARIANTS[:k]:
+                    rps[v].append(_wrk(srvs[v].url + path, seconds, wrk_cpu))
+                print(f"round {r + 1}: " + "  ".join(f"{v} {rps[v][-1]:7.0f}/s" for v in VARIANTS))
+        finally:
+            for s in srvs.values():
+                s.stop()
+    onoff = {
+        v: _spread([rps[v][i] / rps["off"][i] for i in range(rounds)])
+        for v in VARIANTS
+        if v != "off"
+    }
+    print(f"\nGunicorn 2 workers, wrk -c4 {seconds}s x {rounds} rounds on {path}: on/off")
+    for v, s in onoff.items():
+        print(f"  {v:7s} {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}")
+    return {"requests_per_second": rps, "on_over_off": onoff}
+
+
 # -- parent side -----------------------------------------------------------------------------
 
 
@@ -196,10 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--path", default="/api/devices/")
     ap.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1, help="-1: no pinning")
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--wrk", type=int, metavar="SECONDS", help="Gunicorn + wrk mode instead")
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         _worker(args.worker, args.path)
+        return 0
+    if args.wrk:
+        res = wrk_mode(args.rounds, args.wrk, args.path)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2) + "\n")
         return 0
     cpu = None if args.cpu < 0 else args.cpu
     with tempfile.TemporaryDirectory(prefix="per-request-") as d:
