@@ -339,3 +339,39 @@ def test_valuefile_matches_prometheus_client_reader_for_any_keys(tmp_path: Path)
         again.close()
 
     check()
+
+
+def test_a_gauge_keeps_its_state_through_no_space_counters_drop(mpdir: Path) -> None:
+    """An in-progress gauge inc'd without space and dec'd with space must read 1, not -1."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            nv.RETRY_SECONDS = 0.0
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # no file can be made
+            cls = nv.make_value_class(lambda: "106-ffffff")
+            _use(cls)
+            g = Gauge("inprog", "in progress", multiprocess_mode="livesum", registry=None)
+            c = Counter("done", "done", registry=None)
+            g.inc()
+            g.inc()
+            c.inc()
+            assert nv.dropped_updates(cls) == 3
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            g.dec()
+            c.inc()
+            text = _stock_text(mpdir)
+            assert "inprog 1.0" in text, text
+            assert "done_total 1.0" in text, text
+            assert "netpoint_metrics_dropped_updates_total 3.0" in text, text
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "see the child's traceback above"

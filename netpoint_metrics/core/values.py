@@ -17,10 +17,12 @@ same format (:mod:`.valuefile`), with three differences that matter in productio
   prometheus-client does after a pid change.
 * **A full disk is survivable.** Space is reserved with ``posix_fallocate`` before it is
   mapped (no SIGBUS). An update that cannot be stored (its file could not be created or
-  grown) is dropped, not applied in memory either, and counted in
-  ``netpoint_metrics_dropped_updates_total``; a retry for space happens at most every
-  :data:`RETRY_SECONDS`, and recording resumes by itself when space returns. What was
-  already stored stays as it was: nothing is lost or counted twice.
+  grown) is dropped and counted in ``netpoint_metrics_dropped_updates_total``; a retry for
+  space happens at most every :data:`RETRY_SECONDS`, and recording resumes by itself when
+  space returns. A counter's, histogram's or summary's dropped updates stay dropped (what is
+  stored never includes them, so nothing is counted twice); a gauge keeps its state in
+  memory and writes it once it has a slot, since a gauge is a state, not a sum. What was
+  already stored stays as it was.
 
 The dropped-updates counter must not itself need space: its entry is the first one written
 into the process's counter file, in the space reserved when the file is created, so updating
@@ -150,8 +152,15 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         if f is not None:
             f.view[state.dropped_index] = float(state.dropped)
 
-    def bind(value: Any) -> bool:
-        """Give ``value`` its slot in this process's file; False (and slow class) if no space."""
+    def bind(value: Any, keep_memory: bool = False) -> bool:
+        """Give ``value`` its slot in this process's file; False (and slow class) if no space.
+
+        A new slot normally tells the value where it stands (0 in a new file). When space
+        comes back, a gauge instead writes the state it kept in memory meanwhile: a gauge is
+        a state, and an ``inc`` dropped before a ``dec`` that is stored would leave it wrong
+        for good. Counters, histograms and summaries are cumulative: their dropped updates
+        stay dropped (and counted), so what is stored never includes them.
+        """
         try:
             f = file_for(value._prefix)
             index = f.index(value._key)
@@ -165,8 +174,12 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         view = f.view
         value._view = view
         value._index = index
-        value._value = view[index]
-        value._timestamp = view[index + 1]
+        if keep_memory and value._gauge:
+            view[index] = value._value
+            view[index + 1] = value._timestamp
+        else:
+            value._value = view[index]
+            value._timestamp = view[index + 1]
         f.users.append(value)
         value.__class__ = Value
         return True
@@ -175,6 +188,10 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         """In a forked child: move every value to this process's own new files."""
         state.stale = False
         for value in state.values:
+            # As stock prometheus-client after a pid change: start from the new file (0),
+            # also for a value that cannot be bound yet.
+            value._value = 0.0
+            value._timestamp = 0.0
             bind(value)
 
     def ensure_bound(value: Any) -> bool:
@@ -185,7 +202,7 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
             return True
         if time.monotonic() < state.retry_at:
             return False
-        if bind(value):
+        if bind(value, keep_memory=True):
             state.retry_at = 0.0
             if state.dropping:
                 state.dropping = False
@@ -196,7 +213,16 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
     class Value:
         """A metric value stored in this process's mmapped file (the fast path)."""
 
-        __slots__ = ("_params", "_prefix", "_key", "_value", "_timestamp", "_view", "_index")
+        __slots__ = (
+            "_params",
+            "_prefix",
+            "_gauge",
+            "_key",
+            "_value",
+            "_timestamp",
+            "_view",
+            "_index",
+        )
         _multiprocess = True
         _netpoint_state = state
 
@@ -213,6 +239,7 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         ) -> None:
             self._params = (typ, metric_name, name, labelnames, labelvalues, help_text)
             self._prefix = f"gauge_{multiprocess_mode}" if typ == "gauge" else typ
+            self._gauge = typ == "gauge"
             self._key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
             self._value = 0.0
             self._timestamp = 0.0
@@ -277,6 +304,8 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
             with state.lock:
                 if not ensure_bound(self):
                     count_drop()
+                    if self._gauge:  # a gauge's state goes on (see ``bind``)
+                        self._value += amount
                     return
                 v = self._value + amount
                 self._value = v
@@ -288,6 +317,9 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
             with state.lock:
                 if not ensure_bound(self):
                     count_drop()
+                    if self._gauge:
+                        self._value = value
+                        self._timestamp = timestamp or 0.0
                     return
                 self._value = value
                 self._timestamp = ts = timestamp or 0.0
