@@ -110,6 +110,9 @@ def test_full_tmpfs_drops_and_counts_updates_and_no_worker_dies(tmp_path: Path) 
 
         # Space returns: recording resumes by itself (a retry at most every second).
         filler.unlink()
+        # Let the writers' retry interval (1 s) pass before the next request: a worker born
+        # on the full disk must still be alive to store its count when it retries.
+        time.sleep(1.3)
         deadline = time.monotonic() + 30
         dropped = 0.0
         samples = during

@@ -71,6 +71,11 @@ if variant == "ours":
 
 import django
 django.setup()
+from django_prometheus.middleware import Metrics
+from django_prometheus.db.metrics import execute_total
+want = "MmapedValue" if variant == "stock" else "NetpointValue"
+for value in (Metrics.get_instance().requests_total._value, execute_total.labels("x", "y")._value):
+    assert type(value).__name__ == want, (variant, type(value))
 
 from django.test import Client
 c = Client(raise_request_exception=False)
