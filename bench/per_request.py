@@ -34,6 +34,7 @@ reports requests/s on/off per round (min / median / max). There ``ours`` is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -151,6 +152,32 @@ def _seed() -> None:
 # -- Gunicorn + wrk mode ---------------------------------------------------------------------
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children (a Gunicorn master + workers).
+
+    Workers that exited (recycled) are not counted; the bench runs without recycling.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(x) for x in f.read().split()]
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _wrk_requests(out: str) -> int:
+    for line in out.splitlines():
+        if " requests in " in line:
+            return int(line.split()[0])
+    raise RuntimeError(out)
+
+
 def _wrk(url: str, seconds: int, cpu: int | None) -> float:
     exe = shutil.which("wrk")
     if not exe:
@@ -159,6 +186,7 @@ def _wrk(url: str, seconds: int, cpu: int | None) -> float:
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    _wrk.last_output = out.stdout  # type: ignore[attr-defined]
     for line in out.stdout.splitlines():
         if line.startswith("Requests/sec:"):
             return float(line.split()[1])
@@ -201,10 +229,15 @@ def wrk_mode(rounds: int, seconds: int, path: str) -> dict:
                 for _ in range(50):
                     assert srvs[v].get(path)[0] == 200
             rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            cpu_us: dict[str, list[float]] = {v: [] for v in VARIANTS}
             for r in range(rounds):
                 k = r % len(VARIANTS)
                 for v in VARIANTS[k:] + VARIANTS[:k]:
+                    before = _tree_cpu(srvs[v].pid)
                     rps[v].append(_wrk(srvs[v].url + path, seconds, wrk_cpu))
+                    used = _tree_cpu(srvs[v].pid) - before
+                    n = _wrk_requests(_wrk.last_output)  # type: ignore[attr-defined]
+                    cpu_us[v].append(used / max(n, 1) * 1e6)
                 print(f"round {r + 1}: " + "  ".join(f"{v} {rps[v][-1]:7.0f}/s" for v in VARIANTS))
         finally:
             for s in srvs.values():
@@ -214,10 +247,30 @@ def wrk_mode(rounds: int, seconds: int, path: str) -> dict:
         for v in VARIANTS
         if v != "off"
     }
-    print(f"\nGunicorn 2 workers, wrk -c4 {seconds}s x {rounds} rounds on {path}: on/off")
+    # Server CPU per request is what decides throughput on a saturated server, and is far
+    # less disturbed by the rest of the machine than requests/s: off/on is the capacity ratio.
+    capacity = {
+        v: _spread([cpu_us["off"][i] / cpu_us[v][i] for i in range(rounds)])
+        for v in VARIANTS
+        if v != "off"
+    }
+    print(f"\nGunicorn 2 workers, wrk -c4 {seconds}s x {rounds} rounds on {path}")
+    print("  requests/s on/off, min / median / max")
     for v, s in onoff.items():
-        print(f"  {v:7s} {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}")
-    return {"requests_per_second": rps, "on_over_off": onoff}
+        print(f"    {v:7s} {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}")
+    print("  server CPU per request, off/on (capacity ratio), min / median / max")
+    for v, s in capacity.items():
+        print(f"    {v:7s} {s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}")
+    print("  server CPU per request, us, min / median / max")
+    for v in VARIANTS:
+        s = _spread(cpu_us[v])
+        print(f"    {v:7s} {s['min']:7.1f} / {s['median']:7.1f} / {s['max']:7.1f}")
+    return {
+        "requests_per_second": rps,
+        "server_cpu_us_per_request": cpu_us,
+        "on_over_off": onoff,
+        "capacity_on_over_off": capacity,
+    }
 
 
 # -- parent side -----------------------------------------------------------------------------
