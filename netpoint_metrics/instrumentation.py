@@ -12,9 +12,8 @@ lookup) and goes through ``Counter.inc``/``Histogram.observe`` (observability ch
 Python loop over up to 31 buckets). Here a labelled child is found with one dict lookup
 in the metric's own ``_metrics`` table (creating it through ``labels()`` only the first
 time, so ``remove()``/``clear()`` keep working), the update goes straight to the child's
-value object, and a histogram bucket is found with ``bisect``. Method and transport are
-worked out once per request instead of twice, headers are read from ``request.META``
-instead of building ``request.headers``.
+value object, and a histogram bucket is found with ``bisect``. Headers are read from
+``request.META`` instead of building ``request.headers``.
 
 Subclasses that override django-prometheus's extension points (``label_metric``,
 ``_method``, ``_transport``, ``_get_view_name``) or bring a ``metrics_cls`` whose metrics have
