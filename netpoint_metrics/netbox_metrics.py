@@ -28,6 +28,8 @@ from django_prometheus import middleware
 from django_prometheus.conf import NAMESPACE
 from prometheus_client import Counter
 
+from netpoint_metrics import instrumentation
+
 log = logging.getLogger(__name__)
 
 
@@ -64,11 +66,11 @@ def _under_base(path: str) -> str:
     return f"/{base}{path}" if base else path
 
 
-class PrometheusBeforeMiddleware(middleware.PrometheusBeforeMiddleware):
+class PrometheusBeforeMiddleware(instrumentation.PrometheusBeforeMiddleware):
     metrics_cls = Metrics
 
 
-class PrometheusAfterMiddleware(middleware.PrometheusAfterMiddleware):
+class PrometheusAfterMiddleware(instrumentation.PrometheusAfterMiddleware):
     metrics_cls = Metrics
 
     def __init__(self, get_response=None):

@@ -93,7 +93,12 @@ def install_multiprocess() -> None:
     if _installed == "multiprocess":
         return
     _warn_if_late()
-    values.ValueClass = values.MultiProcessValue(process_identifier=current)
+    # Our value class (core.values): same files and format as prometheus-client's
+    # MultiProcessValue, but fork noticed by os.register_at_fork instead of a pid check on
+    # every write, and a full disk dropping (and counting) updates instead of SIGBUS.
+    from netpoint_metrics.core.values import make_value_class
+
+    values.ValueClass = make_value_class(process_identifier=current)
     _installed = "multiprocess"
 
 

@@ -44,8 +44,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
 ]
 if METRICS_ENABLED:
-    # django-prometheus's middlewares, subclassed to add NetBox's API counters.
     MIDDLEWARE = [
+        # django-prometheus's Before/After middlewares: same metrics, cheaper per request
+        # (netpoint_metrics.instrumentation), plus NetBox's API counters.
         "netpoint_metrics.netbox_metrics.PrometheusBeforeMiddleware",
         "netpoint_metrics.middleware.NetpointMetricsMiddleware",
         *MIDDLEWARE,
@@ -55,10 +56,11 @@ if METRICS_ENABLED:
 ROOT_URLCONF = "netpoint_metrics.sample.urls"
 WSGI_APPLICATION = "netpoint_metrics.sample.wsgi.application"
 
-# django-prometheus ships a wrapper of each of these engines: same database, plus counters.
+# django-prometheus wraps each of these engines: same database, plus counters. Ours
+# (netpoint_metrics.db) are the same wrappers with the cursor class built once, not per query.
 _PROMETHEUS_ENGINES = {
-    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
-    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.postgresql": "netpoint_metrics.db.backends.postgresql",
+    "django.db.backends.sqlite3": "netpoint_metrics.db.backends.sqlite3",
     "django.db.backends.mysql": "django_prometheus.db.backends.mysql",
 }
 _db_path = os.environ.get("NETPOINT_DB_PATH") or str(Path.cwd() / "var" / "netpoint.sqlite3")

@@ -1,0 +1,1 @@
+"""Database backend packages (Django loads ``<ENGINE>.base``)."""

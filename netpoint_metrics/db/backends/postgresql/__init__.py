@@ -1,0 +1,1 @@
+"""PostgreSQL with django-prometheus metrics (see :mod:`netpoint_metrics.db.common`)."""
