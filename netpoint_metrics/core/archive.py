@@ -158,7 +158,7 @@ def _finish_earlier_folds(
         if gen != man.generation:
             dirmod.unlink(directory, names.generation_filename(gen))
     for name in listing.tmps:
-        dirmod.unlink(directory, name)  # only folds (under this lock) make these
+        _remove_abandoned_tmp(directory, name)
     for name in listing.lease_tmps:
         _remove_abandoned_lease_tmp(directory, name)
     if still_folded != man.folded or man.recovered:
@@ -348,6 +348,23 @@ def _quarantine(directory: str, filename: str) -> bool:
         log.warning("netpoint-metrics: cannot set aside %s: %s", filename, exc)
         return False
     return True
+
+
+#: Age after which a temp file is certainly abandoned. Folds are not the only makers of
+#: temp names (a writer may build a value file under one, the owner record and manifest
+#: copies are written by rename), and none of those takes this lock: a fresh one may be
+#: in use right now.
+TMP_ABANDONED_AFTER = 60.0
+
+
+def _remove_abandoned_tmp(directory: str, name: str) -> None:
+    """Delete a temp file left by a process that died while writing it."""
+    try:
+        st = os.lstat(os.path.join(directory, name))
+    except OSError:
+        return
+    if time.time() - st.st_mtime > TMP_ABANDONED_AFTER:
+        dirmod.unlink(directory, name)
 
 
 def _remove_abandoned_lease_tmp(directory: str, name: str) -> None:

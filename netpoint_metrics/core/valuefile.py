@@ -14,7 +14,12 @@ mapped page can never fault.
 A new file is built unnamed (``O_TMPFILE``), reserved and given its header, and only then
 linked under its final name: a reader never sees a zero-byte or header-less ``.db`` file
 (the stock collector fails on those, prometheus/client_python #1199), and a file that could
-not be reserved leaves nothing behind.
+not be reserved leaves nothing behind. The link must follow ``/proc/self/fd/N``
+(``linkat`` with ``AT_SYMLINK_FOLLOW``): plain ``os.link`` calls ``link(2)``, which links
+the magic symlink itself and always fails with ``EXDEV``. Without ``O_TMPFILE`` or
+``/proc`` a named temporary file is used; a fold deletes every temporary name it finds,
+including one being built here, so a temporary file that vanished before its link is built
+again under a new name.
 
 Values are written through :attr:`ValueFile.view`, a ``memoryview`` of the mapping cast to
 float64, at an index fixed when the key was added: one C-level 8-byte store per update, no
@@ -89,6 +94,55 @@ def _prepare(fd: int) -> None:
     os.pwrite(fd, _INT.pack(HEADER_SIZE), 0)
 
 
+def _link_unnamed(fd: int, path: str) -> None:
+    """Give the ``O_TMPFILE`` file open as ``fd`` the name ``path``.
+
+    ``linkat(<dir of /proc/self/fd>, "N", AT_FDCWD, path, AT_SYMLINK_FOLLOW)``. Passing a
+    ``src_dir_fd`` is what makes CPython call ``linkat`` with ``AT_SYMLINK_FOLLOW``; plain
+    ``os.link("/proc/self/fd/N", path)`` calls ``link(2)``, which does not follow the magic
+    symlink and fails with ``EXDEV`` every time (seen with CPython 3.11 on Linux).
+    """
+    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), path, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+#: Attempts at building a named temporary file that a concurrent fold keeps deleting.
+_TMP_ATTEMPTS = 8
+
+
+def _create_named(directory: str, path: str) -> int:
+    """The fallback of :func:`_create`: a named temporary file, reserved, then linked.
+
+    Its name starts with the toolkit's temporary prefix so that a fold removes one left by
+    a process that died here; but a fold (``archive._finish_earlier_folds``, under the
+    directory lock, which a writer does not take) removes *every* such name, also one a
+    live process is building. Then the link fails with ``ENOENT`` although nothing is wrong
+    with the disk: build it again under a new name instead of failing the update.
+    """
+    for attempt in range(_TMP_ATTEMPTS):
+        tmp = os.path.join(directory, f"{_TMP_PREFIX}value-{secrets.token_hex(6)}.tmp")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            _prepare(fd)
+            os.link(tmp, path)
+            return fd
+        except FileNotFoundError:
+            os.close(fd)
+            if attempt + 1 == _TMP_ATTEMPTS or not os.path.isdir(directory):
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _create(path: str) -> int:
     """Create ``path`` fully reserved with its header written; return an open descriptor.
 
@@ -100,7 +154,7 @@ def _create(path: str) -> int:
     if fd >= 0:
         try:
             _prepare(fd)
-            os.link(f"/proc/self/fd/{fd}", path)
+            _link_unnamed(fd, path)
             return fd
         except FileExistsError:
             os.close(fd)
@@ -110,18 +164,7 @@ def _create(path: str) -> int:
                 os.close(fd)
                 raise
             os.close(fd)  # no /proc, or linking refused: fall back to a named temp file
-    tmp = os.path.join(directory, f"{_TMP_PREFIX}value-{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        _prepare(fd)
-        os.link(tmp, path)
-    except BaseException:
-        os.close(fd)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    return fd
+    return _create_named(directory, path)
 
 
 class ValueFile:
