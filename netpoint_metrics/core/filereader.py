@@ -1,0 +1,118 @@
+"""Reading one value file's values into the series table, and what to do when it is bad.
+
+A file seen before with the same inode and used size is read with its remembered layout:
+one ``pread`` and one compiled ``struct`` call. Any other file gets its layout from the
+:class:`~.layouts.LayoutCache` (shared with every file of the same keys, checked against
+the file's bytes) and is remembered from then on.
+
+Files that cannot be read never fail a scrape: they are skipped, logged once per file
+(path and inode, so a new bad file under an old name is reported again) and counted in
+:attr:`FileReader.unreadable_total`. An empty file is a writer caught between creating and
+growing it; that is normal while the writer lives and damage once it is dead (a SIGKILL at
+that moment leaves it behind for good, prometheus/client_python#1199).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from netpoint_metrics.core import dbfile, names
+from netpoint_metrics.core.layouts import Layout, LayoutCache
+from netpoint_metrics.core.series import PID_MODES, Append, SeriesTable
+
+log = logging.getLogger(__name__)
+
+RECENT_MODES = frozenset({"mostrecent", "livemostrecent"})
+#: What one file gave: its slots, their appenders, values, and timestamps (mostrecent only).
+FileValues = tuple[
+    tuple[int, ...],
+    tuple[Append, ...],
+    tuple[Append, ...],
+    tuple[float, ...],
+    "tuple[float, ...] | None",
+]
+
+
+class FileReader:
+    """Reads value files of one directory for one collector."""
+
+    def __init__(self, table: SeriesTable, is_alive: Callable[[str], bool]) -> None:
+        self.table = table
+        self.layouts = LayoutCache()
+        self._is_alive = is_alive
+        self._memo: dict[str, tuple[int, Layout]] = {}  # path -> (inode, layout)
+        self._warned: set[tuple[str, int]] = set()
+        #: Unreadable files skipped, summed over every read since this reader was made.
+        self.unreadable_total = 0
+        #: Used bytes of the files read since :meth:`reset_counts`.
+        self.bytes_read = 0
+
+    def read(self, path: str, parsed: names.DbName) -> FileValues | None:
+        """The values of one file; None if it has none to give (gone, empty or unreadable)."""
+        inode = 0
+        try:
+            memo = self._memo.get(path)
+            snap = dbfile.read_snapshot(path, memo[1].used if memo is not None else 0)
+            if snap is None:
+                return None  # deleted since the directory was listed: a fold or a wipe
+            inode = snap.inode
+            if snap.used == 0:
+                if parsed.is_archive or not self._is_alive(parsed.ident):
+                    raise dbfile.CorruptFile("empty file of a process that is gone")
+                return None
+            raw: tuple[Any, ...] | None = None
+            if memo is not None and memo[0] == inode and memo[1].used == snap.used:
+                layout = memo[1]
+                if not layout.same_file(snap.data):
+                    layout, raw = self.layouts.find(parsed.prefix, snap.data, snap.used)
+            else:
+                layout, raw = self.layouts.find(parsed.prefix, snap.data, snap.used)
+            if raw is not None:
+                if len(self._memo) > 65536:
+                    self._memo.clear()
+                self._memo[path] = (inode, layout)
+            got = self._values(parsed, layout, snap.data, raw)
+        except (dbfile.CorruptFile, OSError, ValueError, struct.error) as exc:
+            self._memo.pop(path, None)
+            self._unreadable(path, inode, exc)
+            return None
+        self.bytes_read += snap.used
+        return got
+
+    def _values(
+        self, parsed: names.DbName, layout: Layout, data: bytes, raw: tuple[Any, ...] | None
+    ) -> FileValues:
+        pid = parsed.ident if parsed.mode in PID_MODES else None
+        slots, vapp, tapp = self.table.bind(parsed.kind, parsed.mode, layout, pid)
+        if parsed.mode in RECENT_MODES:
+            if raw is not None:
+                return slots, vapp, tapp, raw[2::4], raw[3::4]
+            pairs = layout.unpack_pairs(data)
+            return slots, vapp, tapp, pairs[0::2], pairs[1::2]
+        vals = raw[2::4] if raw is not None else layout.unpack_values(data)
+        return slots, vapp, tapp, vals, None
+
+    def _unreadable(self, path: str, inode: int, exc: Exception) -> None:
+        self.unreadable_total += 1
+        key = (path, inode)
+        if key not in self._warned:
+            if len(self._warned) > 10000:
+                self._warned.clear()
+            self._warned.add(key)
+            log.warning("skipping unreadable metrics file %s: %s", path, exc)
+
+    def forget_missing(self, present: set[str]) -> None:
+        """Drop what is remembered about files that are gone."""
+        if len(self._memo) > len(present):
+            for path in [p for p in self._memo if p not in present]:
+                del self._memo[path]
+
+    def forget_slots(self) -> None:
+        """The series table was renumbered: no layout's bound slots are valid any more."""
+        for layout in self.layouts.layouts():
+            layout.slots = layout.vapp = layout.tapp = None
+        for _, layout in self._memo.values():
+            layout.slots = layout.vapp = layout.tapp = None

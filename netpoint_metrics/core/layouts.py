@@ -1,0 +1,214 @@
+"""Where every value of a value file lives, learned once and shared between files.
+
+A file's layout (the offset of each value) follows from its keys alone: prometheus-client
+appends entries and never moves one. Every worker writes much the same keys, so a scrape by
+a worker that has never read the directory meets the same layouts over and over: one per
+distinct key sequence, not one per file. :class:`LayoutCache` keeps them by kind of file
+and used size, and a candidate is accepted only after one compiled ``struct`` call has
+read back every key length and key of the file and found them equal: a file is never read
+with a layout that is not exactly its own.
+
+A file nobody has seen the like of is split into keys by a regular expression (C speed)
+and checked the same way; if that fails (a help text with ``]`` in it, value bytes that
+look like a key, damage), the entries are walked one by one with
+:func:`dbfile.iter_entries`, which raises :class:`dbfile.CorruptFile` on anything that is
+not the format.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from collections.abc import Callable
+from itertools import accumulate
+from typing import Any
+
+from netpoint_metrics.core import dbfile
+
+log = logging.getLogger(__name__)
+
+Unpack = Callable[[bytes], tuple[Any, ...]]
+
+# A key is JSON of [metric, sample, labels, help]: it starts with '["' (which an entry's
+# length bytes never contain) and, unless a string holds ']', ends at the first ']'.
+# Consuming the padding and the 16 value bytes keeps the scan out of the value bytes.
+_KEY_RE = re.compile(rb'(?s)(\["[^\]]*\]) {1,8}.{16}')
+_HEADER = 8
+#: Layouts kept before starting over (each is a few kB; real directories have hundreds).
+_MAX_LAYOUTS = 20000
+
+
+def _pad(klen: int) -> int:
+    """Spaces after a key of ``klen`` bytes (prometheus-client pads to 8, 1 to 8 of them)."""
+    return 8 - (klen + 4) % 8
+
+
+class _ByLength(dict[int, str]):
+    """struct format of one entry by key length: length, key, padding, value, timestamp."""
+
+    def __missing__(self, klen: int) -> str:
+        fmt = self[klen] = f"i{klen}s{_pad(klen)}x2d"
+        return fmt
+
+
+class _SizeByLength(dict[int, int]):
+    def __missing__(self, klen: int) -> int:
+        size = self[klen] = 4 + klen + _pad(klen) + 16
+        return size
+
+
+_ENTRY_FMT = _ByLength()
+_ENTRY_SIZE = _SizeByLength()
+_structs: dict[str, struct.Struct] = {}
+
+
+def _compiled(fmt: str) -> struct.Struct:
+    """Compile a format once per process: files with the same key lengths share it."""
+    st = _structs.get(fmt)
+    if st is None:
+        if len(_structs) > 4096:
+            _structs.clear()
+        st = _structs[fmt] = struct.Struct(fmt)
+    return st
+
+
+class Layout:
+    """The keys of a file in order, and compiled reads of its values.
+
+    ``read_all(data)`` gives (len0, key0, value0, ts0, len1, ...) and is also the check
+    that a file has these keys; ``unpack_values(data)`` gives just the values, for files
+    already known to have this layout. ``check_at``/``check`` is the last key at its
+    offset: a cheap guard used with the inode and size to recognise a file seen before.
+
+    ``slots``, ``vapp`` and ``tapp`` belong to the series table
+    (:mod:`.series`): which series each value is, bound once per layout.
+    """
+
+    __slots__ = (
+        "keys",
+        "lens",
+        "used",
+        "read_all",
+        "_values",
+        "_pairs",
+        "check_at",
+        "check",
+        "_probes",
+        "slots",
+        "vapp",
+        "tapp",
+    )
+
+    def __init__(self, keys: tuple[bytes, ...], used: int) -> None:
+        self.keys = keys
+        self.lens = tuple(map(len, keys))
+        self.used = used
+        body = "".join(map(_ENTRY_FMT.__getitem__, self.lens))
+        self.read_all: Unpack = _compiled("=8x" + body).unpack_from
+        self._values: Unpack | None = None
+        self._pairs: Unpack | None = None
+        last = keys[-1] if keys else b""
+        self.check_at = used - 16 - _pad(len(last)) - len(last)
+        self.check = last
+        # A few keys at their offsets: files of one kind often differ only in key order,
+        # and comparing these rules most wrong candidates out before the full check.
+        starts = list(accumulate(map(_ENTRY_SIZE.__getitem__, self.lens), initial=_HEADER))
+        n = len(keys)
+        self._probes = tuple(
+            (starts[i] + 4, keys[i]) for i in sorted({n // 4, n // 2, (3 * n) // 4}) if i < n
+        )
+        self.slots: tuple[int, ...] | None = None
+        self.vapp: tuple[Callable[[float], None], ...] | None = None
+        self.tapp: tuple[Callable[[float], None], ...] | None = None
+
+    def fits(self, data: bytes) -> tuple[Any, ...] | None:
+        """Everything :meth:`read_all` reads if ``data`` has exactly these keys, else None."""
+        if len(data) < self.used:
+            return None  # keeps unpack_from in bounds
+        for at, key in self._probes:
+            if data[at : at + len(key)] != key:
+                return None
+        raw = self.read_all(data)
+        if raw[1::4] != self.keys or raw[0::4] != self.lens:
+            return None
+        return raw
+
+    def same_file(self, data: bytes) -> bool:
+        """The cheap check for a file already read with this layout (same inode and size)."""
+        return data[self.check_at : self.check_at + len(self.check)] == self.check
+
+    def unpack_values(self, data: bytes) -> tuple[float, ...]:
+        if self._values is None:
+            body = "".join(f"{4 + k + _pad(k)}xd8x" for k in self.lens)
+            self._values = _compiled("=8x" + body).unpack_from
+        return self._values(data)
+
+    def unpack_pairs(self, data: bytes) -> tuple[float, ...]:
+        """(value0, ts0, value1, ts1, ...)."""
+        if self._pairs is None:
+            body = "".join(f"{4 + k + _pad(k)}x2d" for k in self.lens)
+            self._pairs = _compiled("=8x" + body).unpack_from
+        return self._pairs(data)
+
+
+class LayoutCache:
+    """Layouts by kind of file, used size and last key, shared by every file of that kind.
+
+    Keyed by the file's prefix (``counter``, ``gauge_max``, ...) because a layout carries
+    its series slots, and the same key is a different series in a different kind of file.
+    Workers' files of one kind usually have the same size (the same keys in a different
+    order), so the last key and its offset pick the candidates; :meth:`Layout.fits`
+    decides.
+    """
+
+    def __init__(self) -> None:
+        self._index: dict[tuple[str, int], dict[tuple[int, bytes], list[Layout]]] = {}
+        self._count = 0
+        self.built = 0  # layouts learned from scratch, for tests and the benchmark
+
+    def find(self, prefix: str, data: bytes, used: int) -> tuple[Layout, tuple[Any, ...]]:
+        """The layout of ``data`` and everything it read; raises dbfile.CorruptFile."""
+        by_last = self._index.get((prefix, used))
+        if by_last:
+            for (at, last), cands in by_last.items():
+                if data[at : at + len(last)] == last:
+                    for layout in cands:
+                        raw = layout.fits(data)
+                        if raw is not None:
+                            return layout, raw
+        layout, raw = _learn(data, used)
+        if self._count >= _MAX_LAYOUTS:
+            self.clear()
+        if by_last is None or not self._index:
+            by_last = self._index[(prefix, used)] = {}
+        by_last.setdefault((layout.check_at, layout.check), []).append(layout)
+        self._count += 1
+        self.built += 1
+        return layout, raw
+
+    def layouts(self) -> list[Layout]:
+        return [
+            layout for by_last in self._index.values() for c in by_last.values() for layout in c
+        ]
+
+    def clear(self) -> None:
+        self._index.clear()
+        self._count = 0
+
+
+def _learn(data: bytes, used: int) -> tuple[Layout, tuple[Any, ...]]:
+    """Work out the layout of a file never seen before."""
+    keys = tuple(_KEY_RE.findall(data, _HEADER, used))
+    if _HEADER + sum(map(_ENTRY_SIZE.__getitem__, map(len, keys))) == used:
+        layout = Layout(keys, used)
+        raw = layout.fits(data)
+        if raw is not None:
+            return layout, raw
+    # The slow, exact way: follow each entry's length.
+    keys = tuple(key for key, _ in dbfile.iter_entries(data, used))
+    layout = Layout(keys, used)
+    raw = layout.fits(data)
+    if raw is None:  # cannot happen for what iter_entries accepted; never trust it blindly
+        raise dbfile.CorruptFile("entries do not read back as walked")
+    return layout, raw
