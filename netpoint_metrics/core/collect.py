@@ -173,7 +173,7 @@ class DirectoryCollector:
             if use_frozen and self._is_frozen(parsed):
                 frozen.append((path, inode, parsed))
                 continue
-            got = self._reader.read(path, parsed)
+            got = self._reader.read(path, parsed, inode)
             if got is not None:
                 files += 1
                 _take(got, seen, order)
@@ -278,8 +278,8 @@ class DirectoryCollector:
         fseen: set[int] = set()
         forder: list[int] = []
         files = 0
-        for path, _inode, parsed in frozen:
-            got = reader.read(path, parsed)
+        for path, inode, parsed in frozen:
+            got = reader.read(path, parsed, inode)
             if got is not None:
                 files += 1
                 _take(got, fseen, forder)

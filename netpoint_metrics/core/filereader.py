@@ -50,21 +50,23 @@ class FileReader:
         #: Used bytes of the files read since :meth:`reset_counts`.
         self.bytes_read = 0
 
-    def read(self, path: str, parsed: names.DbName) -> FileValues | None:
-        """The values of one file; None if it has none to give (gone, empty or unreadable)."""
-        inode = 0
+    def read(self, path: str, parsed: names.DbName, listed_inode: int) -> FileValues | None:
+        """The values of one file; None if it has none to give (gone, empty or unreadable).
+
+        ``listed_inode`` is the inode the directory listing gave: what "once per file"
+        means for warnings, since a file that cannot be opened has no other.
+        """
         try:
             memo = self._memo.get(path)
             snap = dbfile.read_snapshot(path, memo[1].used if memo is not None else 0)
             if snap is None:
                 return None  # deleted since the directory was listed: a fold or a wipe
-            inode = snap.inode
             if snap.used == 0:
                 if parsed.is_archive or not self._is_alive(parsed.ident):
                     raise dbfile.CorruptFile("empty file of a process that is gone")
                 return None
             raw: tuple[Any, ...] | None = None
-            if memo is not None and memo[0] == inode and memo[1].used == snap.used:
+            if memo is not None and memo[0] == snap.inode and memo[1].used == snap.used:
                 layout = memo[1]
                 if not layout.same_file(snap.data):
                     layout, raw = self.layouts.find(parsed.prefix, snap.data, snap.used)
@@ -73,11 +75,11 @@ class FileReader:
             if raw is not None:
                 if len(self._memo) > 65536:
                     self._memo.clear()
-                self._memo[path] = (inode, layout)
+                self._memo[path] = (snap.inode, layout)
             got = self._values(parsed, layout, snap.data, raw)
         except (dbfile.CorruptFile, OSError, ValueError, struct.error) as exc:
             self._memo.pop(path, None)
-            self._unreadable(path, inode, exc)
+            self._unreadable(path, listed_inode, exc)
             return None
         self.bytes_read += snap.used
         return got
@@ -102,7 +104,8 @@ class FileReader:
             if len(self._warned) > 10000:
                 self._warned.clear()
             self._warned.add(key)
-            log.warning("skipping unreadable metrics file %s: %s", path, exc)
+            reason = str(exc).removeprefix(f"{path}: ")
+            log.warning("skipping unreadable metrics file %s: %s", path, reason)
 
     def forget_missing(self, present: set[str]) -> None:
         """Drop what is remembered about files that are gone."""

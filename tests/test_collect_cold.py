@@ -1,0 +1,151 @@
+"""Cold collectors (a worker's first scrape) read exactly what stock reads.
+
+Layouts are shared between files with the same keys (:mod:`netpoint_metrics.core.layouts`),
+so these tests build directories where sharing could go wrong: many files with one layout,
+layouts that differ in a single key of the same length, the same keys in another order,
+and files that grow between scrapes. A fresh collector per directory state (cold) and one
+kept across all states (warm) must both equal prometheus-client's own collector.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from netpoint_metrics.core.collect import DirectoryCollector
+from tests.core_support import FakeProcess, key
+
+# Same lengths, one character apart: the layouts of files holding them differ in one key.
+CODES = ["200", "201", "404", "500"]
+VIEWS = ["a", "b"]
+PREFIXES = ["counter", "gauge_max", "gauge_livesum", "gauge_all", "gauge_mostrecent", "histogram"]
+
+
+def _key(prefix: str, code: str, view: str) -> str:
+    if prefix == "histogram":
+        return key("lat", "lat_bucket", {"code": code, "le": "0.5" if view == "a" else "+Inf"})
+    name = "m_" + prefix.replace("gauge_", "g")
+    return key(name, name, {"code": code, "view": view})
+
+
+write = st.tuples(
+    st.integers(0, 5),  # which process
+    st.sampled_from(PREFIXES),
+    st.sampled_from(CODES),
+    st.sampled_from(VIEWS),
+    st.integers(1, 1000),
+)
+
+
+def _stock(d: str) -> bytes:
+    reg = CollectorRegistry()
+    MultiProcessCollector(reg, d)
+    return generate_latest(reg)
+
+
+def _ours(collector: DirectoryCollector) -> bytes:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return generate_latest(reg)
+
+
+def _parsed(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text.decode())
+        for s in fam.samples
+    }
+
+
+def _same_as_stock(exact: DirectoryCollector, stock_order: DirectoryCollector, d: str) -> None:
+    ref = _stock(d)
+    assert _ours(stock_order) == ref
+    a, b = _parsed(_ours(exact)), _parsed(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert math.isclose(a[k], b[k], rel_tol=1e-12, abs_tol=1e-9), (k, a[k], b[k])
+
+
+def _pair(d: str) -> tuple[DirectoryCollector, DirectoryCollector]:
+    opts = {"use_manifest": False, "drop_dead_live_gauges": False}
+    return DirectoryCollector(d, **opts), DirectoryCollector(d, exact=False, **opts)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(write, min_size=1, max_size=12), min_size=1, max_size=5))
+def test_cold_and_warm_collectors_equal_stock_as_files_grow(rounds) -> None:
+    """Rounds of writes (files grow, keys appear in any order); compare after each."""
+    d = tempfile.mkdtemp(prefix="npm-cold-")
+    procs = [FakeProcess(d).start() for _ in range(6)]
+    warm = _pair(d)
+    try:
+        for writes in rounds:
+            for p, prefix, code, view, value in writes:
+                procs[p].set(prefix, _key(prefix, code, view), float(value), ts=float(value))
+            _same_as_stock(*warm, d)
+            _same_as_stock(*_pair(d), d)  # cold: a worker that never scraped
+    finally:
+        for p in procs:
+            p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.permutations([(c, v) for c in CODES for v in VIEWS]),
+    st.integers(2, 12),
+    st.data(),
+)
+def test_shared_layouts_and_one_key_differences(order, nprocs, data) -> None:
+    """Many files with one layout, some differing in one same-length key or in order."""
+    d = tempfile.mkdtemp(prefix="npm-shared-")
+    procs = [FakeProcess(d).start() for _ in range(nprocs)]
+    try:
+        for i, p in enumerate(procs):
+            mine = list(order)
+            tweak = data.draw(st.sampled_from(["same", "one-key", "swap", "prefix"]))
+            if tweak == "one-key":  # same length, same size, one key different
+                j = data.draw(st.integers(0, len(mine) - 1))
+                c, v = mine[j]
+                mine[j] = (CODES[(CODES.index(c) + 1) % len(CODES)], v)
+            elif tweak == "swap":
+                j = data.draw(st.integers(0, len(mine) - 2))
+                mine[j], mine[j + 1] = mine[j + 1], mine[j]
+            elif tweak == "prefix":  # a file caught mid-growth
+                mine = mine[: data.draw(st.integers(1, len(mine)))]
+            for c, v in mine:
+                p.set("counter", _key("counter", c, v), float(i + 1))
+                p.set("histogram", _key("histogram", c, v), 1.0)
+        cold = _pair(d)
+        _same_as_stock(*cold, d)
+        # the same collectors again (warm), after one more file grows
+        procs[0].set("counter", _key("counter", "500", "b") + " ", 7.0)
+        _same_as_stock(*cold, d)
+        _same_as_stock(*_pair(d), d)
+    finally:
+        for p in procs:
+            p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_layouts_are_shared_between_files_with_the_same_keys(tmp_path) -> None:
+    d = str(tmp_path)
+    procs = [FakeProcess(d).start() for _ in range(20)]
+    for p in procs:
+        for c in CODES:
+            p.set("counter", _key("counter", c, "a"), 1.0)
+    c = DirectoryCollector(d)
+    c.collect()
+    assert c._reader.layouts.built == 1  # one layout learned for 20 files
+    procs[3].set("counter", _key("counter", "200", "b"), 1.0)  # that file grows
+    c.collect()
+    assert c._reader.layouts.built == 2
+    for p in procs:
+        p.kill()
