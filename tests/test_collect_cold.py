@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import struct
 import tempfile
 
 from hypothesis import HealthCheck, given, settings
@@ -149,3 +150,30 @@ def test_layouts_are_shared_between_files_with_the_same_keys(tmp_path) -> None:
     assert c._reader.layouts.built == 2
     for p in procs:
         p.kill()
+
+
+def test_new_layouts_are_learned_in_one_pass_and_odd_keys_by_walking(tmp_path, monkeypatch):
+    from netpoint_metrics.core import dbfile, layouts
+
+    def good(v: float) -> bytes:  # a value whose first byte is a space (0x20)
+        return dbfile.encode(
+            [(key("m", "m_total", {"l": "x" * n}).encode(), v, v) for n in range(9)]
+        )
+
+    spacey = struct.unpack("d", b" " + struct.pack("d", 1.5)[1:])[0]
+    odd = dbfile.encode([(key("m", "m_total", {}, help_text="in [s]").encode(), 2.0, 0.0)])
+    walked: list[int] = []
+    real = dbfile.iter_entries
+
+    def counting(data: bytes, used: int):
+        walked.append(used)
+        return real(data, used)
+
+    monkeypatch.setattr(dbfile, "iter_entries", counting)
+    for data, must_walk in ((good(1.0), False), (good(spacey), False), (odd, True)):
+        used = struct.unpack_from("i", data)[0]
+        walked.clear()
+        layout, (vals, stamps) = layouts.LayoutCache().find("counter", data, used)
+        assert bool(walked) == must_walk
+        assert list(layout.keys) == [k for k, _ in real(data, used)]
+        assert list(vals) == [struct.unpack_from("d", data, p)[0] for _, p in real(data, used)]

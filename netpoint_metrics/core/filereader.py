@@ -17,10 +17,9 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
-from typing import Any
 
 from netpoint_metrics.core import dbfile, names
-from netpoint_metrics.core.layouts import Layout, LayoutCache
+from netpoint_metrics.core.layouts import Layout, LayoutCache, Read
 from netpoint_metrics.core.series import PID_MODES, Append, SeriesTable
 
 log = logging.getLogger(__name__)
@@ -65,36 +64,36 @@ class FileReader:
                 if parsed.is_archive or not self._is_alive(parsed.ident):
                     raise dbfile.CorruptFile("empty file of a process that is gone")
                 return None
-            raw: tuple[Any, ...] | None = None
+            got: Read | None = None
             if memo is not None and memo[0] == snap.inode and memo[1].used == snap.used:
                 layout = memo[1]
                 if not layout.same_file(snap.data):
-                    layout, raw = self.layouts.find(parsed.prefix, snap.data, snap.used)
+                    layout, got = self.layouts.find(parsed.prefix, snap.data, snap.used)
             else:
-                layout, raw = self.layouts.find(parsed.prefix, snap.data, snap.used)
-            if raw is not None:
+                layout, got = self.layouts.find(parsed.prefix, snap.data, snap.used)
+            if got is not None:
                 if len(self._memo) > 65536:
                     self._memo.clear()
                 self._memo[path] = (snap.inode, layout)
-            got = self._values(parsed, layout, snap.data, raw)
+            values = self._values(parsed, layout, snap.data, got)
         except (dbfile.CorruptFile, OSError, ValueError, struct.error) as exc:
             self._memo.pop(path, None)
             self._unreadable(path, listed_inode, exc)
             return None
         self.bytes_read += snap.used
-        return got
+        return values
 
     def _values(
-        self, parsed: names.DbName, layout: Layout, data: bytes, raw: tuple[Any, ...] | None
+        self, parsed: names.DbName, layout: Layout, data: bytes, got: Read | None
     ) -> FileValues:
         pid = parsed.ident if parsed.mode in PID_MODES else None
         slots, vapp, tapp = self.table.bind(parsed.kind, parsed.mode, layout, pid)
         if parsed.mode in RECENT_MODES:
-            if raw is not None:
-                return slots, vapp, tapp, raw[2::4], raw[3::4]
+            if got is not None:
+                return slots, vapp, tapp, got[0], got[1]
             pairs = layout.unpack_pairs(data)
             return slots, vapp, tapp, pairs[0::2], pairs[1::2]
-        vals = raw[2::4] if raw is not None else layout.unpack_values(data)
+        vals = got[0] if got is not None else layout.unpack_values(data)
         return slots, vapp, tapp, vals, None
 
     def _unreadable(self, path: str, inode: int, exc: Exception) -> None:

@@ -8,18 +8,20 @@ and used size, and a candidate is accepted only after one compiled ``struct`` ca
 read back every key length and key of the file and found them equal: a file is never read
 with a layout that is not exactly its own.
 
-A file nobody has seen the like of is split into keys by a regular expression (C speed)
-and checked the same way; if that fails (a help text with ``]`` in it, value bytes that
-look like a key, damage), the entries are walked one by one with
+A file nobody has seen the like of is split into entries by a regular expression (C
+speed) whose matches are checked to be exactly the file's entries; if that fails (a help
+text with ``]`` in it, damage), the entries are walked one by one with
 :func:`dbfile.iter_entries`, which raises :class:`dbfile.CorruptFile` on anything that is
 not the format.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import struct
+import sys
 from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
@@ -30,10 +32,12 @@ log = logging.getLogger(__name__)
 
 Unpack = Callable[[bytes], tuple[Any, ...]]
 
-# A key is JSON of [metric, sample, labels, help]: it starts with '["' (which an entry's
-# length bytes never contain) and, unless a string holds ']', ends at the first ']'.
-# Consuming the padding and the 16 value bytes keeps the scan out of the value bytes.
-_KEY_RE = re.compile(rb'(?s)(\["[^\]]*\]) {1,8}.{16}')
+# One entry: length, key, padding, value and timestamp. A key is JSON of [metric, sample,
+# labels, help]: it starts with '["' and, unless a string holds ']', ends at the first ']'.
+# The look-ahead (the next entry's key, or the end) makes the padding exact even when a
+# value's first byte is a space. Anything this misses is found by walking the entries.
+_ENTRY_RE = re.compile(rb'(?s)(.{4})(\["[^\]]*\])( {1,8})(.{16})(?=.{4}\["|\Z)')
+_int32 = functools.partial(int.from_bytes, byteorder=sys.byteorder, signed=True)
 _HEADER = 8
 #: Layouts kept before starting over (each is a few kB; real directories have hundreds).
 _MAX_LAYOUTS = 20000
@@ -73,13 +77,17 @@ def _compiled(fmt: str) -> struct.Struct:
     return st
 
 
+Read = tuple[tuple[float, ...], tuple[float, ...]]  # (values, timestamps) of one file
+
+
 class Layout:
     """The keys of a file in order, and compiled reads of its values.
 
-    ``read_all(data)`` gives (len0, key0, value0, ts0, len1, ...) and is also the check
-    that a file has these keys; ``unpack_values(data)`` gives just the values, for files
-    already known to have this layout. ``check_at``/``check`` is the last key at its
-    offset: a cheap guard used with the inode and size to recognise a file seen before.
+    :meth:`fits` reads a file's key lengths, keys, values and timestamps in one call and
+    says whether they are this layout's; :meth:`unpack_values` reads just the values of a
+    file already known to have it. ``check_at``/``check`` is the last key at its offset:
+    a cheap guard used with the inode and size to recognise a file seen before. Formats
+    are compiled on first use: most layouts learned in a scrape are read once.
 
     ``slots``, ``vapp`` and ``tapp`` belong to the series table
     (:mod:`.series`): which series each value is, bound once per layout.
@@ -89,7 +97,7 @@ class Layout:
         "keys",
         "lens",
         "used",
-        "read_all",
+        "_all",
         "_values",
         "_pairs",
         "check_at",
@@ -104,8 +112,7 @@ class Layout:
         self.keys = keys
         self.lens = tuple(map(len, keys))
         self.used = used
-        body = "".join(map(_ENTRY_FMT.__getitem__, self.lens))
-        self.read_all: Unpack = _compiled("=8x" + body).unpack_from
+        self._all: Unpack | None = None
         self._values: Unpack | None = None
         self._pairs: Unpack | None = None
         last = keys[-1] if keys else b""
@@ -122,17 +129,20 @@ class Layout:
         self.vapp: tuple[Callable[[float], None], ...] | None = None
         self.tapp: tuple[Callable[[float], None], ...] | None = None
 
-    def fits(self, data: bytes) -> tuple[Any, ...] | None:
-        """Everything :meth:`read_all` reads if ``data`` has exactly these keys, else None."""
-        if len(data) < self.used:
-            return None  # keeps unpack_from in bounds
+    def fits(self, data: bytes) -> Read | None:
+        """(values, timestamps) if ``data`` has exactly these keys, else None."""
+        if len(data) < self.used or not self.same_file(data):
+            return None  # the length test keeps unpack_from in bounds
         for at, key in self._probes:
             if data[at : at + len(key)] != key:
                 return None
-        raw = self.read_all(data)
+        if self._all is None:
+            body = "".join(map(_ENTRY_FMT.__getitem__, self.lens))
+            self._all = _compiled("=8x" + body).unpack_from
+        raw = self._all(data)
         if raw[1::4] != self.keys or raw[0::4] != self.lens:
             return None
-        return raw
+        return raw[2::4], raw[3::4]
 
     def same_file(self, data: bytes) -> bool:
         """The cheap check for a file already read with this layout (same inode and size)."""
@@ -158,38 +168,46 @@ class LayoutCache:
     Keyed by the file's prefix (``counter``, ``gauge_max``, ...) because a layout carries
     its series slots, and the same key is a different series in a different kind of file.
     Workers' files of one kind usually have the same size (the same keys in a different
-    order), so the last key and its offset pick the candidates; :meth:`Layout.fits`
+    order), so the last key (at its offset) picks the candidates; :meth:`Layout.fits`
     decides.
     """
 
     def __init__(self) -> None:
-        self._index: dict[tuple[str, int], dict[tuple[int, bytes], list[Layout]]] = {}
+        # (prefix, used) -> (offset, length) of a last key -> that key -> layouts
+        self._index: dict[tuple[str, int], dict[tuple[int, int], dict[bytes, list[Layout]]]] = {}
         self._count = 0
         self.built = 0  # layouts learned from scratch, for tests and the benchmark
 
-    def find(self, prefix: str, data: bytes, used: int) -> tuple[Layout, tuple[Any, ...]]:
-        """The layout of ``data`` and everything it read; raises dbfile.CorruptFile."""
-        by_last = self._index.get((prefix, used))
-        if by_last:
-            for (at, last), cands in by_last.items():
-                if data[at : at + len(last)] == last:
+    def find(self, prefix: str, data: bytes, used: int) -> tuple[Layout, Read]:
+        """The layout of ``data`` and its values; raises dbfile.CorruptFile."""
+        lasts = self._index.get((prefix, used))
+        if lasts:
+            for (at, n), by_key in lasts.items():
+                cands = by_key.get(data[at : at + n])
+                if cands:
                     for layout in cands:
-                        raw = layout.fits(data)
-                        if raw is not None:
-                            return layout, raw
-        layout, raw = _learn(data, used)
+                        got = layout.fits(data)
+                        if got is not None:
+                            return layout, got
+        layout, got = _learn(data, used)
         if self._count >= _MAX_LAYOUTS:
             self.clear()
-        if by_last is None or not self._index:
-            by_last = self._index[(prefix, used)] = {}
-        by_last.setdefault((layout.check_at, layout.check), []).append(layout)
+            lasts = None
+        if lasts is None:
+            lasts = self._index[(prefix, used)] = {}
+        by_key = lasts.setdefault((layout.check_at, len(layout.check)), {})
+        by_key.setdefault(layout.check, []).append(layout)
         self._count += 1
         self.built += 1
-        return layout, raw
+        return layout, got
 
     def layouts(self) -> list[Layout]:
         return [
-            layout for by_last in self._index.values() for c in by_last.values() for layout in c
+            layout
+            for lasts in self._index.values()
+            for by_key in lasts.values()
+            for cands in by_key.values()
+            for layout in cands
         ]
 
     def clear(self) -> None:
@@ -197,18 +215,26 @@ class LayoutCache:
         self._count = 0
 
 
-def _learn(data: bytes, used: int) -> tuple[Layout, tuple[Any, ...]]:
-    """Work out the layout of a file never seen before."""
-    keys = tuple(_KEY_RE.findall(data, _HEADER, used))
-    if _HEADER + sum(map(_ENTRY_SIZE.__getitem__, map(len, keys))) == used:
-        layout = Layout(keys, used)
-        raw = layout.fits(data)
-        if raw is not None:
-            return layout, raw
+def _learn(data: bytes, used: int) -> tuple[Layout, Read]:
+    """Work out the layout of a file never seen before, and read its values."""
+    found = _ENTRY_RE.findall(data, _HEADER, used)
+    if found:
+        lenb, keys, pads, vals = zip(*found, strict=True)
+        lens = tuple(map(len, keys))
+        # The matches are in order and do not overlap: if their lengths add up to the used
+        # size they cover it without a gap, and with these checks each one is exactly the
+        # entry that walking the length fields would find.
+        if (
+            _HEADER + sum(map(_ENTRY_SIZE.__getitem__, lens)) == used
+            and tuple(map(_int32, lenb)) == lens
+            and tuple(map(len, pads)) == tuple(map(_pad, lens))
+        ):
+            pairs = _compiled(f"={2 * len(vals)}d").unpack(b"".join(vals))
+            return Layout(keys, used), (pairs[0::2], pairs[1::2])
     # The slow, exact way: follow each entry's length.
-    keys = tuple(key for key, _ in dbfile.iter_entries(data, used))
-    layout = Layout(keys, used)
-    raw = layout.fits(data)
-    if raw is None:  # cannot happen for what iter_entries accepted; never trust it blindly
+    walked = tuple(key for key, _ in dbfile.iter_entries(data, used))
+    layout = Layout(walked, used)
+    got = layout.fits(data)
+    if got is None:  # cannot happen for what iter_entries accepted; never trust it blindly
         raise dbfile.CorruptFile("entries do not read back as walked")
-    return layout, raw
+    return layout, got
