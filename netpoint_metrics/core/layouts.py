@@ -8,20 +8,18 @@ and used size, and a candidate is accepted only after one compiled ``struct`` ca
 read back every key length and key of the file and found them equal: a file is never read
 with a layout that is not exactly its own.
 
-A file nobody has seen the like of is split into entries by a regular expression (C
-speed) whose matches are checked to be exactly the file's entries; if that fails (a help
-text with ``]`` in it, damage), the entries are walked one by one with
+A file nobody has seen the like of is split into keys by a regular expression (C speed)
+and checked the same way; if that fails (a help text with ``]`` in it, damage), the
+entries are walked one by one with
 :func:`dbfile.iter_entries`, which raises :class:`dbfile.CorruptFile` on anything that is
 not the format.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import struct
-import sys
 from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
@@ -32,12 +30,11 @@ log = logging.getLogger(__name__)
 
 Unpack = Callable[[bytes], tuple[Any, ...]]
 
-# One entry: length, key, padding, value and timestamp. A key is JSON of [metric, sample,
-# labels, help]: it starts with '["' and, unless a string holds ']', ends at the first ']'.
-# The look-ahead (the next entry's key, or the end) makes the padding exact even when a
-# value's first byte is a space. Anything this misses is found by walking the entries.
-_ENTRY_RE = re.compile(rb'(?s)(.{4})(\["[^\]]*\])( {1,8})(.{16})(?=.{4}\["|\Z)')
-_int32 = functools.partial(int.from_bytes, byteorder=sys.byteorder, signed=True)
+# A key is JSON of [metric, sample, labels, help]: it starts with '["' (which an entry's
+# length bytes never hold) and, unless a string holds ']', ends at the first ']'. Taking
+# the padding and the 16 value bytes along keeps the scan out of the value bytes. The
+# keys found are only candidates: Layout.fits reads every length and key back.
+_KEY_RE = re.compile(rb'(?s)(\["[^\]]*\]) {1,8}.{16}')
 _HEADER = 8
 #: Layouts kept before starting over (each is a few kB; real directories have hundreds).
 _MAX_LAYOUTS = 20000
@@ -217,20 +214,12 @@ class LayoutCache:
 
 def _learn(data: bytes, used: int) -> tuple[Layout, Read]:
     """Work out the layout of a file never seen before, and read its values."""
-    found = _ENTRY_RE.findall(data, _HEADER, used)
-    if found:
-        lenb, keys, pads, vals = zip(*found, strict=True)
-        lens = tuple(map(len, keys))
-        # The matches are in order and do not overlap: if their lengths add up to the used
-        # size they cover it without a gap, and with these checks each one is exactly the
-        # entry that walking the length fields would find.
-        if (
-            _HEADER + sum(map(_ENTRY_SIZE.__getitem__, lens)) == used
-            and tuple(map(_int32, lenb)) == lens
-            and tuple(map(len, pads)) == tuple(map(_pad, lens))
-        ):
-            pairs = _compiled(f"={2 * len(vals)}d").unpack(b"".join(vals))
-            return Layout(keys, used), (pairs[0::2], pairs[1::2])
+    keys = tuple(_KEY_RE.findall(data, _HEADER, used))
+    if keys and _HEADER + sum(map(_ENTRY_SIZE.__getitem__, map(len, keys))) == used:
+        layout = Layout(keys, used)
+        got = layout.fits(data)  # every length and key read back where the keys say
+        if got is not None:
+            return layout, got
     # The slow, exact way: follow each entry's length.
     walked = tuple(key for key, _ in dbfile.iter_entries(data, used))
     layout = Layout(walked, used)
