@@ -177,3 +177,23 @@ def test_new_layouts_are_learned_in_one_pass_and_odd_keys_by_walking(tmp_path, m
         assert bool(walked) == must_walk
         assert list(layout.keys) == [k for k, _ in real(data, used)]
         assert list(vals) == [struct.unpack_from("d", data, p)[0] for _, p in real(data, used)]
+
+
+def test_layouts_of_vanished_files_are_forgotten(tmp_path) -> None:
+    """Recycled workers bring new layouts; the cache must not keep every one of them."""
+    import os
+    import random
+
+    d = str(tmp_path)
+    c = DirectoryCollector(d, use_manifest=False)
+    rng = random.Random(7)
+    pairs = [(code, view) for code in CODES for view in VIEWS]
+    for _ in range(600):
+        p = FakeProcess(d).start()
+        for code, view in rng.sample(pairs, len(pairs)):  # a new key order: a new layout
+            p.set("counter", _key("counter", code, view), 1.0)
+        c.collect()
+        p.kill()
+        os.unlink(os.path.join(d, f"counter_{p.ident}.db"))
+    assert c._reader.layouts.built > 300
+    assert len(c._reader.layouts) <= 2 * 1 + 256

@@ -42,7 +42,7 @@ class FileReader:
         self.table = table
         self.layouts = LayoutCache()
         self._is_alive = is_alive
-        self._memo: dict[str, tuple[int, Layout]] = {}  # path -> (inode, layout)
+        self._memo: dict[str, tuple[int, Layout, str]] = {}  # path -> (inode, layout, prefix)
         self._warned: set[tuple[str, int]] = set()
         #: Unreadable files skipped, summed over every read since this reader was made.
         self.unreadable_total = 0
@@ -74,7 +74,7 @@ class FileReader:
             if got is not None:
                 if len(self._memo) > 65536:
                     self._memo.clear()
-                self._memo[path] = (snap.inode, layout)
+                self._memo[path] = (snap.inode, layout, parsed.prefix)
             values = self._values(parsed, layout, snap.data, got)
         except (dbfile.CorruptFile, OSError, ValueError, struct.error) as exc:
             self._memo.pop(path, None)
@@ -107,14 +107,20 @@ class FileReader:
             log.warning("skipping unreadable metrics file %s: %s", path, reason)
 
     def forget_missing(self, present: set[str]) -> None:
-        """Drop what is remembered about files that are gone."""
+        """Drop what is remembered about files that are gone, and layouts nobody has.
+
+        Recycled workers leave new files with layouts of their own behind them; without
+        this the layout cache would grow with every recycle.
+        """
         if len(self._memo) > len(present):
             for path in [p for p in self._memo if p not in present]:
                 del self._memo[path]
+        if len(self.layouts) > 2 * len(self._memo) + 256:
+            self.layouts.keep_only([(prefix, lay) for _, lay, prefix in self._memo.values()])
 
     def forget_slots(self) -> None:
         """The series table was renumbered: no layout's bound slots are valid any more."""
         for layout in self.layouts.layouts():
             layout.slots = layout.vapp = layout.tapp = None
-        for _, layout in self._memo.values():
+        for _, layout, _ in self._memo.values():
             layout.slots = layout.vapp = layout.tapp = None

@@ -36,8 +36,8 @@ Unpack = Callable[[bytes], tuple[Any, ...]]
 # keys found are only candidates: Layout.fits reads every length and key back.
 _KEY_RE = re.compile(rb'(?s)(\["[^\]]*\]) {1,8}.{16}')
 _HEADER = 8
-#: Layouts kept before starting over (each is a few kB; real directories have hundreds).
-_MAX_LAYOUTS = 20000
+#: Layouts kept before starting over; the reader also drops those of vanished files.
+_MAX_LAYOUTS = 4096
 
 
 def _pad(klen: int) -> int:
@@ -189,14 +189,24 @@ class LayoutCache:
         layout, got = _learn(data, used)
         if self._count >= _MAX_LAYOUTS:
             self.clear()
-            lasts = None
-        if lasts is None:
-            lasts = self._index[(prefix, used)] = {}
+        self._add(prefix, layout)
+        self.built += 1
+        return layout, got
+
+    def _add(self, prefix: str, layout: Layout) -> None:
+        lasts = self._index.setdefault((prefix, layout.used), {})
         by_key = lasts.setdefault((layout.check_at, len(layout.check)), {})
         by_key.setdefault(layout.check, []).append(layout)
         self._count += 1
-        self.built += 1
-        return layout, got
+
+    def __len__(self) -> int:
+        return self._count
+
+    def keep_only(self, keep: list[tuple[str, Layout]]) -> None:
+        """Forget every layout but these (prefix, layout): those of files that still exist."""
+        self.clear()
+        for prefix, layout in {id(lay): (p, lay) for p, lay in keep}.values():
+            self._add(prefix, layout)
 
     def layouts(self) -> list[Layout]:
         return [
