@@ -22,7 +22,6 @@ families. Unreadable files are skipped with one warning each and never fail the 
 from __future__ import annotations
 
 import logging
-import math
 import operator
 import os
 import threading
@@ -111,7 +110,9 @@ class DirectoryCollector:
         #: on their own events; this catches what they cannot see, e.g. a uWSGI worker
         #: cheaped away with no respawn, or a fold that found the lock busy.
         self.fold_every = fold_every
-        self._last_fold = -math.inf
+        # Counted from creation, not from -inf: a worker's first scrape is the expensive
+        # one already (nothing learned yet) and should not pay for compaction as well.
+        self._last_fold = time.perf_counter()
         self._lock = threading.Lock()  # threaded workers may scrape concurrently
         self._table = SeriesTable()
         self._reader = FileReader(self._table, self._is_alive)
