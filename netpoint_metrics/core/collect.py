@@ -194,6 +194,7 @@ class DirectoryCollector:
     def _value_files(self) -> Iterator[tuple[str, int, names.DbName]]:
         """(path, inode, parsed name) of every value file whose values count now."""
         directory = self.directory
+        dir_prefix = os.path.join(directory, "")
         man = manifest.load(directory) if self.use_manifest else manifest.Manifest()
         archive_ident = man.archive_ident()
         with os.scandir(directory) as it:
@@ -222,7 +223,7 @@ class DirectoryCollector:
                 and not self._is_alive(parsed.ident)
             ):
                 continue
-            yield os.path.join(directory, filename), inode, parsed
+            yield dir_prefix + filename, inode, parsed
 
     def _is_alive(self, ident: str) -> bool:
         ok = self._alive.get(ident)
