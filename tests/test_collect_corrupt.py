@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import struct
@@ -231,3 +232,42 @@ def test_fuzz_reader_with_damaged_real_files(tmp_path_factory, entries, flips, c
         c.collect()  # never raises
     if not flips and cut is None and used is None:
         assert c.stats.unreadable == 0 and c.stats.files == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
+def test_parse_key_accepts_what_json_loads_accepts(raw: bytes) -> None:
+    import json
+
+    try:
+        want = json.loads(raw.decode("utf-8"))
+        ok = (
+            isinstance(want, list)
+            and len(want) == 4
+            and all(isinstance(x, str) for x in (want[0], want[1], want[3]))
+            and isinstance(want[2], dict)
+            and all(isinstance(v, str) for v in want[2].values())
+        )
+    except (ValueError, RecursionError):
+        ok = False
+    if ok:
+        assert dbfile.parse_key(raw) == (want[0], want[1], tuple(sorted(want[2].items())), want[3])
+    else:
+        with pytest.raises(dbfile.CorruptFile):
+            dbfile.parse_key(raw)
+    for good in ('["m", "m_total", {"a": "b"}, "h"]', ' ["m", "m", {}, "h"]\n'):
+        assert dbfile.parse_key(good.encode())[0] == "m"
+
+
+def test_sums_that_overflow_or_cancel_infinities_do_not_fail_the_scrape(tmp_path) -> None:
+    d = str(tmp_path)
+    procs = [FakeProcess(d).start() for _ in range(3)]
+    for p in procs[:2]:
+        p.set("counter", K, 1e308)  # the exact sum is past the largest float: fsum raises
+    for p, v in zip(procs, (float("inf"), float("-inf"), 1.0), strict=True):
+        p.set("gauge_sum", key("g", "g", {}), v)  # fsum refuses inf - inf
+    got = samples(DirectoryCollector(d).collect())
+    assert got[GOOD] == float("inf")  # what stock's left-to-right += gives
+    assert math.isnan(got[("g", ())])
+    for p in procs:
+        p.kill()

@@ -19,12 +19,24 @@ from netpoint_metrics.core.series import PID_MODES, Labels, SeriesTable
 
 log = logging.getLogger(__name__)
 
-Total = Callable[[Iterable[float]], float]
+Total = Callable[[list[float]], float]
 SampleKey = tuple[str, Labels]
 
 SUMMED_GAUGE_MODES = frozenset({"sum", "livesum"})
 _MIN_MODES = frozenset({"min", "livemin"})
 _MAX_MODES = frozenset({"max", "livemax"})
+
+
+def exact_sum(vals: list[float]) -> float:
+    """``math.fsum``, or the plain sum where fsum gives up (inf - inf, overflow on the way).
+
+    A value file can hold anything a program wrote (or damage did); a scrape must not
+    fail because of it, and stock's ``+=`` gives inf or nan for the same input.
+    """
+    try:
+        return math.fsum(vals)
+    except (OverflowError, ValueError):
+        return sequential_sum(vals)
 
 
 def sequential_sum(vals: Iterable[float]) -> float:
@@ -40,7 +52,7 @@ class FamilyBuilder:
 
     def __init__(self, exact: bool) -> None:
         #: math.fsum: order-independent exact sums; else stock's left-to-right ``+=``.
-        self.total: Total = math.fsum if exact else sequential_sum
+        self.total: Total = exact_sum if exact else sequential_sum
         self._sample_meta: dict[SampleKey, tuple[str, dict[str, str]]] = {}
         self._bucket_keys: dict[tuple[str, Labels, float], SampleKey] = {}
 
