@@ -25,6 +25,13 @@ def main() -> int:
     if setup == "stock":
         from bench.stock_wsgi import application
     else:
+        import netpoint_metrics
+
+        # What a server adapter does before loading the app (where the package has such a
+        # step; importing it alone must not install anything). Harmless if settings do too.
+        setup_fn = getattr(netpoint_metrics, "setup", None)
+        if setup == "on" and callable(setup_fn):
+            setup_fn()
         from netpoint_metrics.sample.wsgi import application
 
     def call(method: str, url: str, body: bytes = b"") -> tuple[str, bytes]:

@@ -46,7 +46,7 @@ class FileReader:
         self._warned: set[tuple[str, int]] = set()
         #: Unreadable files skipped, summed over every read since this reader was made.
         self.unreadable_total = 0
-        #: Used bytes of the files read since :meth:`reset_counts`.
+        #: Used bytes of the files read since the owner last set it to 0 (once per collect).
         self.bytes_read = 0
 
     def read(self, path: str, parsed: names.DbName, listed_inode: int) -> FileValues | None:
