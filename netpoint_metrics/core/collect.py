@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import Metric
 from netpoint_metrics.core import archive, lease, lock, manifest, names
 from netpoint_metrics.core.families import FamilyBuilder
 from netpoint_metrics.core.filereader import FileReader, FileValues
+from netpoint_metrics.core.layouts import Layout
 from netpoint_metrics.core.series import SeriesTable
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,11 @@ class DirectoryCollector:
         self._dead: set[str] = set()  # our identifiers are never reused: dead stays dead
         self._frozen = _Frozen()
         self.stats = CollectStats()
+
+    @property
+    def _layouts(self) -> dict[str, Layout]:
+        """Layouts remembered by path (read by tests that check the cache stays warm)."""
+        return self._reader.remembered()
 
     @property
     def last_stats(self) -> dict[str, float]:

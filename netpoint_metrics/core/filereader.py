@@ -106,6 +106,10 @@ class FileReader:
             reason = str(exc).removeprefix(f"{path}: ")
             log.warning("skipping unreadable metrics file %s: %s", path, reason)
 
+    def remembered(self) -> dict[str, Layout]:
+        """Layouts of the files read so far, by path: what makes their next read cheap."""
+        return {path: layout for path, (_, layout, _) in self._memo.items()}
+
     def forget_missing(self, present: set[str]) -> None:
         """Drop what is remembered about files that are gone, and layouts nobody has.
 
