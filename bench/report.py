@@ -50,7 +50,7 @@ def table(r: dict, source: str) -> str:
     v = m["versions"]
     pin = r.get("pinning") or {}
     out = [
-        f"Run `{source}` ({r['mode']} mode, parts {', '.join(r.get('parts', []))}), {r['date']}, "
+        f"Run `{source}` ({r['mode']} mode, parts {', '.join(p for p in ('b1', 'b2', 'b3', 'b4') if p in r)}), {r['date']}, "
         f"on {m['cpu']} ({m['nproc']} cores, {m['memory_gib']} GiB), Python {m['python']}, "
         f"prometheus-client {v.get('prometheus-client')}, Django {v.get('django')}, "
         f"django-prometheus {v.get('django-prometheus')}, gunicorn {v.get('gunicorn')}, "
