@@ -271,3 +271,21 @@ def test_sums_that_overflow_or_cancel_infinities_do_not_fail_the_scrape(tmp_path
     assert math.isnan(got[("g", ())])
     for p in procs:
         p.kill()
+
+
+def test_garbage_that_looks_like_keys_costs_linear_time_once(tmp_path, monkeypatch) -> None:
+    """'["' over and over with no ']': a naive key scan is quadratic (minutes for 1 MB)."""
+    d = str(tmp_path)
+    n = 200_000
+    _dead_file(d, struct.pack("i", 8 + 2 * n) + b"\0" * 4 + b'["' * n)
+    c = DirectoryCollector(d)
+    with _no_hang(20.0):
+        c.collect()
+    assert c.stats.unreadable == 1
+
+    def never(*args: object) -> None:
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(layouts, "_learn", never)
+    c.collect()  # same inode and size: known damage, not parsed again, still counted
+    assert c.stats.unreadable == 1 and c.stats.unreadable_total == 2

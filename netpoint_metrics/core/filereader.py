@@ -44,6 +44,9 @@ class FileReader:
         self._is_alive = is_alive
         self._memo: dict[str, tuple[int, Layout, str]] = {}  # path -> (inode, layout, prefix)
         self._warned: set[tuple[str, int]] = set()
+        # Files found unreadable, by path: (inode, used size). Value files only grow, so
+        # the same inode and size is the same damage: skip it without parsing it again.
+        self._bad: dict[str, tuple[int, int]] = {}
         #: Unreadable files skipped, summed over every read since this reader was made.
         self.unreadable_total = 0
         #: Used bytes of the files read since the owner last set it to 0 (once per collect).
@@ -55,6 +58,7 @@ class FileReader:
         ``listed_inode`` is the inode the directory listing gave: what "once per file"
         means for warnings, since a file that cannot be opened has no other.
         """
+        snap = None
         try:
             memo = self._memo.get(path)
             snap = dbfile.read_snapshot(path, memo[1].used if memo is not None else 0)
@@ -64,6 +68,8 @@ class FileReader:
                 if parsed.is_archive or not self._is_alive(parsed.ident):
                     raise dbfile.CorruptFile("empty file of a process that is gone")
                 return None
+            if self._bad and self._bad.get(path) == (snap.inode, snap.used):
+                raise dbfile.CorruptFile("unreadable, as before")
             got: Read | None = None
             if memo is not None and memo[0] == snap.inode and memo[1].used == snap.used:
                 layout = memo[1]
@@ -78,6 +84,10 @@ class FileReader:
             values = self._values(parsed, layout, snap.data, got)
         except (dbfile.CorruptFile, OSError, ValueError, struct.error) as exc:
             self._memo.pop(path, None)
+            if snap is not None and snap.used:
+                if len(self._bad) > 10000:
+                    self._bad.clear()
+                self._bad[path] = (snap.inode, snap.used)
             self._unreadable(path, listed_inode, exc)
             return None
         self.bytes_read += snap.used
@@ -119,6 +129,9 @@ class FileReader:
         if len(self._memo) > len(present):
             for path in [p for p in self._memo if p not in present]:
                 del self._memo[path]
+        if self._bad:
+            for path in [p for p in self._bad if p not in present]:
+                del self._bad[path]
         if len(self.layouts) > 2 * len(self._memo) + 256:
             self.layouts.keep_only([(prefix, lay) for _, lay, prefix in self._memo.values()])
 

@@ -33,8 +33,10 @@ Unpack = Callable[[bytes], tuple[Any, ...]]
 # A key is JSON of [metric, sample, labels, help]: it starts with '["' (which an entry's
 # length bytes never hold) and, unless a string holds ']', ends at the first ']'. Taking
 # the padding and the 16 value bytes along keeps the scan out of the value bytes. The
+# bound on the key length keeps the scan linear on any input (garbage full of '["' and no
+# ']' would otherwise cost the square of its size); longer keys are found by walking. The
 # keys found are only candidates: Layout.fits reads every length and key back.
-_KEY_RE = re.compile(rb'(?s)(\["[^\]]*\]) {1,8}.{16}')
+_KEY_RE = re.compile(rb'(?s)(\["[^\]]{0,1022}\]) {1,8}.{16}')
 _HEADER = 8
 #: Layouts kept before starting over; the reader also drops those of vanished files.
 _MAX_LAYOUTS = 4096
