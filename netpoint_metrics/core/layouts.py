@@ -10,9 +10,8 @@ with a layout that is not exactly its own.
 
 A file nobody has seen the like of is split into keys by a regular expression (C speed)
 and checked the same way; if that fails (a help text with ``]`` in it, damage), the
-entries are walked one by one with
-:func:`dbfile.iter_entries`, which raises :class:`dbfile.CorruptFile` on anything that is
-not the format.
+entries are walked one by one with :func:`dbfile.iter_entries`, which raises
+:class:`dbfile.CorruptFile` on anything that is not the format.
 """
 
 from __future__ import annotations
@@ -51,12 +50,16 @@ class _ByLength(dict[int, str]):
     """struct format of one entry by key length: length, key, padding, value, timestamp."""
 
     def __missing__(self, klen: int) -> str:
+        if len(self) > 65536:  # damaged files can bring any lengths
+            self.clear()
         fmt = self[klen] = f"i{klen}s{_pad(klen)}x2d"
         return fmt
 
 
 class _SizeByLength(dict[int, int]):
     def __missing__(self, klen: int) -> int:
+        if len(self) > 65536:
+            self.clear()
         size = self[klen] = 4 + klen + _pad(klen) + 16
         return size
 
