@@ -203,7 +203,7 @@ def snapshot_templates(mp: Path) -> list[dict[str, bytes]]:
         if p is None or p.is_archive:
             continue
         snap = dbfile.read_snapshot(str(mp / name))
-        if snap is not None:
+        if snap is not None and snap.used:
             by_ident.setdefault(p.ident, {})[p.prefix] = snap.data
     # the busiest workers are the realistic ones
     return sorted(by_ident.values(), key=lambda t: -sum(len(b) for b in t.values()))[:4]
@@ -403,7 +403,10 @@ def copy_live(src: Path, idents: list[str], leases: list[int]) -> Path:
     for name in os.listdir(src):
         p = names.parse_db_name(name)
         if p is not None and p.ident in idents:
-            shutil.copyfile(src / name, d / name)
+            snap = dbfile.read_snapshot(str(src / name))
+            with open(d / name, "wb") as f:  # the used bytes, then the same (sparse) size
+                f.write(snap.data if snap is not None else b"")
+                f.truncate((src / name).stat().st_size)
     return d
 
 
