@@ -452,11 +452,12 @@ def b2(quick: bool) -> dict:
             {p.ident for p in map(names.parse_db_name, os.listdir(mp)) if p and not p.is_archive}
         )
         templates = snapshot_templates(mp)
+        sizes = (4, 16, len(idents)) if not quick else (len(idents),)
+        copies = [(n, copy_live(mp, idents[:n], leases)) for n in sizes]  # before the stop
+        live_dirs.extend(d for _, d in copies)
         srv.stop()
         out["live"] = []
-        for n in (4, 16, len(idents)) if not quick else (len(idents),):
-            d = copy_live(mp, idents[:n], leases)
-            live_dirs.append(d)
+        for n, d in copies:
             with pin_self(LOAD_CPU):
                 row = {"workers": n, **collect_rounds(d, rounds)}
             out["live"].append(row)
@@ -469,15 +470,15 @@ def b2(quick: bool) -> dict:
             shutil.rmtree(d, ignore_errors=True)
     out["dead"] = []
     for n in (1, 10, 100, 1000):
-        d = Path(tempfile.mkdtemp(prefix=f"b2-dead-{n}-"))
-        d.chmod(0o700)
+        base = Path(tempfile.mkdtemp(prefix=f"b2-dead-{n}-"))  # inject() keeps templates here
+        d = base / "metrics"
+        d.mkdir(mode=0o700)
         try:
             inject(d, templates, n, stock=True, start_at=0)  # pid-named: both readers take them
             with pin_self(LOAD_CPU):
                 row = {"workers": n, **collect_rounds(d, 5 if n >= 1000 else rounds)}
         finally:
-            shutil.rmtree(d, ignore_errors=True)
-            shutil.rmtree(d.parent / "templates", ignore_errors=True)
+            shutil.rmtree(base, ignore_errors=True)
         out["dead"].append(row)
         _log_row("dead", row)
     return out
