@@ -373,6 +373,7 @@ def http_scrapes(srv, want: int, limit: int) -> dict:
     seen: dict[str, int] = {}
     cold: list[float] = []
     warm_: list[float] = []
+    collect: dict[str, list[float]] = {"cold": [], "warm": []}  # inside the worker, ms
     n = 0
     for n in range(1, limit + 1):  # noqa: B007  (n is reported)
         t0 = time.perf_counter()
@@ -381,12 +382,16 @@ def http_scrapes(srv, want: int, limit: int) -> dict:
         assert status == 200, body[:200]
         pid = headers["x-bench-pid"]
         (warm_ if pid in seen else cold).append(dt)
+        if "x-bench-collect-ms" in headers:
+            collect["warm" if pid in seen else "cold"].append(float(headers["x-bench-collect-ms"]))
         seen[pid] = seen.get(pid, 0) + 1
         if len(cold) >= want and len(warm_) >= want:
             break
     return {
         "cold": spread(cold, 1000),
         "warm": spread(warm_, 1000),
+        "collect_cold": spread(collect["cold"]) if collect["cold"] else None,
+        "collect_warm": spread(collect["warm"]) if collect["warm"] else None,
         "scrapes": n,
         "workers_scraped": len(seen),
     }
@@ -446,7 +451,9 @@ def b2(quick: bool) -> dict:
             f"B2 http 48 live workers: cold {http['cold']['median']:.1f} ms, warm "
             f"{http['warm']['median']:.1f} ms, stock collector alone "
             f"{inproc['stock']['median']:.1f} ms ({http['speedup_cold']:.1f}x cold, "
-            f"{http['workers_scraped']} workers in {http['scrapes']} scrapes)"
+            f"{http['workers_scraped']} workers in {http['scrapes']} scrapes); collect inside "
+            f"the worker: cold {(http['collect_cold'] or {}).get('median', float('nan')):.1f} "
+            f"ms, warm {(http['collect_warm'] or {}).get('median', float('nan')):.1f} ms"
         )
         idents = sorted(
             {p.ident for p in map(names.parse_db_name, os.listdir(mp)) if p and not p.is_archive}
