@@ -197,3 +197,32 @@ def test_layouts_of_vanished_files_are_forgotten(tmp_path) -> None:
         os.unlink(os.path.join(d, f"counter_{p.ident}.db"))
     assert c._reader.layouts.built > 300
     assert len(c._reader.layouts) <= 2 * 1 + 256
+
+
+def test_series_table_compaction_keeps_output_equal_to_stock(tmp_path) -> None:
+    """Processes come and go with "all" gauges and counters; the slot table is renumbered
+    (compacted) along the way; shared layouts must follow the new numbers."""
+    import os
+
+    d = str(tmp_path)
+    opts = {"use_manifest": False, "drop_dead_live_gauges": False}
+    warm = DirectoryCollector(d, exact=False, **opts)
+    live: list[FakeProcess] = []
+    compactions = 0
+    for i in range(170):
+        p = FakeProcess(d).start()
+        for j in range(30):
+            p.set("gauge_all", key("m_gall", "m_gall", {"j": str(j)}), float(j))
+        p.set("counter", _key("counter", "200", "a"), float(i))
+        live.append(p)
+        if len(live) > 3:
+            gone = live.pop(0)
+            gone.kill()
+            for prefix in ("gauge_all", "counter"):
+                os.unlink(os.path.join(d, f"{prefix}_{gone.ident}.db"))
+        before = len(warm._table)
+        assert _ours(warm) == _stock(d)
+        compactions += len(warm._table) < before
+    assert compactions >= 1  # the renumbering really happened
+    for p in live:
+        p.kill()
