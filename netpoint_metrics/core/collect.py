@@ -13,7 +13,8 @@ three differences that are the point of this project:
 
 The work is split so each part can be read alone: this module picks which files count;
 :mod:`.filereader` reads one file's values (with layouts from :mod:`.layouts`, shared by
-files with the same keys, so even a first scrape rarely parses a key); :mod:`.series`
+files with the same keys, so a first scrape learns each key sequence once, not each
+file); :mod:`.series`
 numbers the series and holds their values; :mod:`.families` turns those into metric
 families. Unreadable files are skipped with one warning each and never fail the scrape;
 :attr:`DirectoryCollector.stats` counts them.
