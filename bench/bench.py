@@ -1,24 +1,38 @@
-"""netpoint-metrics benchmarks (issue #4), run by hand: ``python bench/bench.py [--quick]``.
+"""netpoint-metrics benchmarks, run by hand: ``python bench/bench.py [--quick] [--only ...]``.
 
 Everything is measured side by side in one run on this machine, ours against the stock
 recipe (wipe at start + ``mark_process_dead`` in ``child_exit``, pid-named files, stock
-``MultiProcessCollector``), and reported as ratios: the machine is shared and noisy.
+``MultiProcessCollector``), and reported as ratios with min/median/max over rounds: the
+machine is shared and noisy. On a machine with two or more CPUs, servers run pinned to
+the first (``taskset``) and the load generator (wrk, or this process when it scrapes or
+collects) to the last, so they never take turns on one core.
 
 B1 scrape latency of /metrics after N worker recycles, Gunicorn and uWSGI, ours vs stock.
    A recycle leaves a dead worker's file set behind. Real recycles through a server cost
    ~10-500 ms each (uWSGI throttles respawns), so N dead workers are *added* as copies of a
    real worker's files (stock keeps what stock keeps: everything but live gauges), then
    real recycles run so each server's own hooks act on them, then 30 scrapes are timed.
-B2 collecting one directory, stock MultiProcessCollector vs ours, 1..1000 workers' files
-   cloned from real workers; asserts byte-identical output (exact=False) and equality
-   within one ULP (exact=True, the product default).
-B3 request throughput, metrics on vs off (wrk, 127.0.0.1 only).
+B2 collecting a directory, stock ``MultiProcessCollector`` vs ours, cold (a collector's
+   first scrape: a worker that never scraped, or was just recycled) and warm:
+   * http: Gunicorn with 48 live workers after 3,000 requests; /metrics over HTTP, each
+     scrape's worker known from a response header, so a worker's first scrape (cold) and
+     its later ones (warm) are timed apart; against the stock collector alone, in-process,
+     on the same files;
+   * live: in-process on copies of 4, 16 and 48 of those workers' files, their leases held
+     (live workers: the real case);
+   * dead: in-process on 1..1,000 dead workers' file sets (what the stock recipe keeps and
+     ours folds away).
+   Asserts byte-identical output (exact=False, cold and warm) and equality within one
+   ULP (exact=True, the product default) before timing.
+B3 request throughput, metrics on vs off vs the stock recipe (wrk, 127.0.0.1 only), five
+   alternating rounds per row, worker memory, and the CPU time per request measured
+   in-process (``bench/cpu_per_request.py``: the WSGI app called directly), also in
+   alternating rounds.
 B4 fold time for one dead worker (median, p99), and the Gunicorn master's longest
    ``child_exit`` while scrapes hammer the directory lock.
-MEM resident size of master and workers, metrics on vs off.
 
-Results: ``bench/results/<date>-<host>.json``; ``bench/report.py`` turns them into the
-README table and a PNG plot.
+Results: ``bench/results/<date>-<mode>.json`` (one run); ``bench/report.py`` turns one
+results file into the README table and a PNG plot.
 """
 
 from __future__ import annotations
@@ -62,7 +76,14 @@ def log(msg: str) -> None:
 # -- servers ---------------------------------------------------------------------------------
 
 
-def start(kind: str, variant: str, tmp: Path, metrics: bool = True, **env_extra: str):
+def start(
+    kind: str,
+    variant: str,
+    tmp: Path,
+    metrics: bool = True,
+    cpu: int | None = None,
+    **env_extra: str,
+):
     env = servers.base_env(tmp, metrics=metrics, **env_extra)
     port = servers.free_port()
     env["NETPOINT_BIND"] = f"127.0.0.1:{port}"
@@ -79,7 +100,47 @@ def start(kind: str, variant: str, tmp: Path, metrics: bool = True, **env_extra:
     else:
         ini = ROOT / ("uwsgi.ini" if variant == "ours" else "bench/stock_uwsgi.ini")
         cmd = [servers.binary("uwsgi"), "--ini", str(ini), "--disable-logging"]
-    return servers._start(kind, cmd, tmp, env, port)
+    return servers._start(kind, pinned(cmd, cpu), tmp, env, port)
+
+
+# -- CPUs and spreads ----------------------------------------------------------------------
+
+_CPUS = sorted(os.sched_getaffinity(0))
+#: The server gets one CPU and the load generator (wrk, or this process scraping) the other,
+#: so they do not take turns on one core and the numbers say something about each.
+SERVER_CPU: int | None = _CPUS[0] if len(_CPUS) > 1 else None
+LOAD_CPU: int | None = _CPUS[-1] if len(_CPUS) > 1 else None
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    if cpu is None:
+        return cmd
+    exe = shutil.which("taskset")
+    if not exe:
+        raise SystemExit("taskset is missing: apt-get install util-linux")
+    return [exe, "-c", str(cpu), *cmd]
+
+
+@contextlib.contextmanager
+def pin_self(cpu: int | None):
+    """Run this process (the in-process measurements, the scraper) on ``cpu``."""
+    old = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def spread(xs: list[float], scale: float = 1.0) -> dict:
+    """min / median / max (and n) of repeated measurements, times ``scale``."""
+    return {
+        "min": min(xs) * scale,
+        "median": statistics.median(xs) * scale,
+        "max": max(xs) * scale,
+        "n": len(xs),
+    }
 
 
 def warm(srv, n: int = 120) -> int:
@@ -142,7 +203,7 @@ def snapshot_templates(mp: Path) -> list[dict[str, bytes]]:
         if p is None or p.is_archive:
             continue
         snap = dbfile.read_snapshot(str(mp / name))
-        if snap is not None:
+        if snap is not None and snap.used:
             by_ident.setdefault(p.ident, {})[p.prefix] = snap.data
     # the busiest workers are the realistic ones
     return sorted(by_ident.values(), key=lambda t: -sum(len(b) for b in t.values()))[:4]
@@ -246,58 +307,206 @@ def _within_one_ulp(a: bytes, b: bytes) -> bool:
     )
 
 
-def b2(quick: bool) -> dict:
-    templates = real_templates()
-    res = []
-    for n in (1, 10, 100, 1000):
-        d = Path(tempfile.mkdtemp(prefix=f"b2-{n}-"))
-        d.chmod(0o700)
-        inject(d, templates, n, stock=True, start_at=0)  # pid-named: both readers take them
-        shutil.rmtree(d.parent / "templates", ignore_errors=True) if False else None
-        stock = CollectorRegistry()
-        MultiProcessCollector(stock, str(d))
-        same = CollectorRegistry(auto_describe=False)
-        same.register(DirectoryCollector(str(d), exact=False))
-        exact = CollectorRegistry(auto_describe=False)
-        exact.register(DirectoryCollector(str(d)))
+def _ours(d: Path, exact: bool) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(DirectoryCollector(str(d), exact=exact))
+    return reg
+
+
+def forget_process_caches() -> None:
+    """What a new worker process does not have yet: compiled formats, bucket-bound texts.
+
+    Collectors share these within a process; measuring "cold" with them warm from an
+    earlier round would flatter the first scrape of a worker that was just started.
+    """
+    from netpoint_metrics.core import families, layouts
+
+    layouts._structs.clear()
+    families._go_floats.clear()
+
+
+def collect_rounds(d: Path, rounds: int) -> dict:
+    """Stock vs ours on one directory: cold (a collector's first scrape) and warm.
+
+    Every round runs each variant once, interleaved, so drift on a shared machine hits
+    them alike. Times include rendering the text, as a scrape does. Checks first that the
+    stock-order mode is byte-identical to stock, cold and warm, and the product mode
+    equal within 1 ULP.
+    """
+    stock = CollectorRegistry()
+    MultiProcessCollector(stock, str(d))
+    warm_exact, warm_same = _ours(d, True), _ours(d, False)
+    ref = generate_latest(stock)
+    assert generate_latest(_ours(d, False)) == ref, f"cold exact=False is not stock's ({d})"
+    assert generate_latest(warm_same) == ref, f"exact=False is not byte-identical ({d})"
+    assert _within_one_ulp(generate_latest(warm_exact), ref), f"exact differs > 1 ULP ({d})"
+    variants = {
+        "stock": lambda: generate_latest(stock),
+        "cold": lambda: generate_latest(_ours(d, True)),
+        "warm": lambda: generate_latest(warm_exact),
+        "cold_stock_order": lambda: generate_latest(_ours(d, False)),
+        "warm_stock_order": lambda: generate_latest(warm_same),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            if name.startswith("cold"):
+                forget_process_caches()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    row: dict = {k: spread(v, 1000) for k, v in times.items()}  # ms
+    row["files"] = len([f for f in os.listdir(d) if f.endswith(".db")])
+    st = times["stock"]
+    row["speedup_cold"] = spread([s / c for s, c in zip(st, times["cold"], strict=True)])
+    row["speedup_warm"] = spread([s / w for s, w in zip(st, times["warm"], strict=True)])
+    row["cold_over_warm"] = spread(
+        [c / w for c, w in zip(times["cold"], times["warm"], strict=True)]
+    )
+    row["byte_identical"] = True
+    row["exact_within_1ulp"] = True
+    return row
+
+
+def http_scrapes(srv, want: int, limit: int) -> dict:
+    """Scrape until ``want`` first-on-a-worker (cold) and later (warm) scrapes are timed."""
+    seen: dict[str, int] = {}
+    cold: list[float] = []
+    warm_: list[float] = []
+    collect: dict[str, list[float]] = {"cold": [], "warm": []}  # inside the worker, ms
+    n = 0
+    for n in range(1, limit + 1):  # noqa: B007  (n is reported)
         t0 = time.perf_counter()
-        first = generate_latest(exact)
-        first_s = time.perf_counter() - t0
-        generate_latest(same)
-        ref = generate_latest(stock)
-        assert generate_latest(same) == ref, f"exact=False is not byte-identical at {n}"
-        assert _within_one_ulp(first, ref), f"exact=True differs by more than 1 ULP at {n}"
-        rounds = 3 if n >= 1000 else (5 if quick else 9)
-        ts, to, te = [], [], []
-        for _ in range(rounds):  # interleaved, so drift hits all three alike
-            for reg, acc in ((stock, ts), (same, to), (exact, te)):
-                t0 = time.perf_counter()
-                generate_latest(reg)
-                acc.append(time.perf_counter() - t0)
-        files = len(os.listdir(d))
-        row = {
-            "workers": n,
-            "files": files,
-            "stock_ms": statistics.median(ts) * 1000,
-            "ours_stock_order_ms": statistics.median(to) * 1000,
-            "ours_exact_ms": statistics.median(te) * 1000,
-            "ours_first_scrape_ms": first_s * 1000,
-            "byte_identical": True,
-            "exact_within_1ulp": True,
-        }
-        row["speedup_stock_order"] = row["stock_ms"] / row["ours_stock_order_ms"]
-        row["speedup_exact"] = row["stock_ms"] / row["ours_exact_ms"]
-        res.append(row)
+        status, headers, body = srv.get("/metrics")
+        dt = time.perf_counter() - t0
+        assert status == 200, body[:200]
+        pid = headers["x-bench-pid"]
+        (warm_ if pid in seen else cold).append(dt)
+        if "x-bench-collect-ms" in headers:
+            collect["warm" if pid in seen else "cold"].append(float(headers["x-bench-collect-ms"]))
+        seen[pid] = seen.get(pid, 0) + 1
+        if len(cold) >= want and len(warm_) >= want:
+            break
+    return {
+        "cold": spread(cold, 1000),
+        "warm": spread(warm_, 1000),
+        "collect_cold": spread(collect["cold"]) if collect["cold"] else None,
+        "collect_warm": spread(collect["warm"]) if collect["warm"] else None,
+        "scrapes": n,
+        "workers_scraped": len(seen),
+    }
+
+
+def copy_live(src: Path, idents: list[str], leases: list[int]) -> Path:
+    """The files of ``idents`` in a new directory, their leases held here: live workers."""
+    from netpoint_metrics.core import lease
+
+    d = Path(tempfile.mkdtemp(prefix=f"b2-live-{len(idents)}-"))
+    d.chmod(0o700)
+    for ident in idents:
+        leases.append(lease.acquire(str(d), ident))
+    for name in os.listdir(src):
+        p = names.parse_db_name(name)
+        if p is not None and p.ident in idents:
+            snap = dbfile.read_snapshot(str(src / name))
+            with open(d / name, "wb") as f:  # the used bytes, then the same (sparse) size
+                f.write(snap.data if snap is not None else b"")
+                f.truncate((src / name).stat().st_size)
+    return d
+
+
+def b2(quick: bool) -> dict:
+    """Live workers' files (the real case: Gunicorn, 48 workers), over HTTP and in-process,
+    then dead workers' files (what the stock recipe accumulates), cold and warm."""
+    nworkers = 48
+    requests_ = 600 if quick else 3000
+    rounds = 5 if quick else 9
+    out: dict = {"workers": nworkers, "requests": requests_, "rounds": rounds}
+    tmp = Path(tempfile.mkdtemp(prefix="b2-live-"))
+    srv = start(
+        "gunicorn",
+        "ours",
+        tmp,
+        cpu=SERVER_CPU,
+        NETPOINT_WORKERS=str(nworkers),
+        NETPOINT_WSGI_APP="bench.pid_wsgi:application",
+        NETPOINT_TIMEOUT="120",
+    )
+    leases: list[int] = []
+    live_dirs: list[Path] = []
+    try:
+        warm(srv, requests_)
+        mp = srv.metrics_dir
+        with pin_self(LOAD_CPU):
+            http = http_scrapes(srv, want=20 if quick else nworkers, limit=150 if quick else 500)
+            # The same files, in-process (no traffic now): stock alone vs ours.
+            inproc = collect_rounds(mp, rounds)
+        http["stock_inprocess"] = inproc["stock"]
+        http["speedup_cold"] = inproc["stock"]["median"] / http["cold"]["median"]
+        http["speedup_warm"] = inproc["stock"]["median"] / http["warm"]["median"]
+        http["cold_over_warm"] = http["cold"]["median"] / http["warm"]["median"]
+        http["files"] = inproc["files"]
+        out["http"] = http
         log(
-            f"B2 workers={n:>5} files={files:>5} stock {row['stock_ms']:8.1f} ms  ours "
-            f"{row['ours_exact_ms']:7.1f} ms ({row['speedup_exact']:.1f}x)  stock-order "
-            f"{row['ours_stock_order_ms']:7.1f} ms ({row['speedup_stock_order']:.1f}x)"
+            f"B2 http 48 live workers: cold {http['cold']['median']:.1f} ms, warm "
+            f"{http['warm']['median']:.1f} ms, stock collector alone "
+            f"{inproc['stock']['median']:.1f} ms ({http['speedup_cold']:.1f}x cold, "
+            f"{http['workers_scraped']} workers in {http['scrapes']} scrapes); collect inside "
+            f"the worker: cold {(http['collect_cold'] or {}).get('median', float('nan')):.1f} "
+            f"ms, warm {(http['collect_warm'] or {}).get('median', float('nan')):.1f} ms"
         )
-        shutil.rmtree(d, ignore_errors=True)
-    return {"rows": res}
+        idents = sorted(
+            {p.ident for p in map(names.parse_db_name, os.listdir(mp)) if p and not p.is_archive}
+        )
+        templates = snapshot_templates(mp)
+        sizes = (4, 16, len(idents)) if not quick else (len(idents),)
+        copies = [(n, copy_live(mp, idents[:n], leases)) for n in sizes]  # before the stop
+        live_dirs.extend(d for _, d in copies)
+        srv.stop()
+        out["live"] = []
+        for n, d in copies:
+            with pin_self(LOAD_CPU):
+                row = {"workers": n, **collect_rounds(d, rounds)}
+            out["live"].append(row)
+            _log_row("live", row)
+    finally:
+        srv.stop()
+        for fd in leases:
+            os.close(fd)
+        for d in [tmp, *live_dirs]:
+            shutil.rmtree(d, ignore_errors=True)
+    out["dead"] = []
+    for n in (1, 10, 100, 1000):
+        base = Path(tempfile.mkdtemp(prefix=f"b2-dead-{n}-"))  # inject() keeps templates here
+        d = base / "metrics"
+        d.mkdir(mode=0o700)
+        try:
+            inject(d, templates, n, stock=True, start_at=0)  # pid-named: both readers take them
+            with pin_self(LOAD_CPU):
+                row = {"workers": n, **collect_rounds(d, 5 if n >= 1000 else rounds)}
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        out["dead"].append(row)
+        _log_row("dead", row)
+    return out
+
+
+def _log_row(kind: str, row: dict) -> None:
+    log(
+        f"B2 {kind} workers={row['workers']:>5} files={row['files']:>5} stock "
+        f"{row['stock']['median']:8.1f} ms  ours cold {row['cold']['median']:7.1f} ms "
+        f"({row['speedup_cold']['median']:.1f}x)  warm {row['warm']['median']:7.1f} ms "
+        f"({row['speedup_warm']['median']:.1f}x)  cold/warm {row['cold_over_warm']['median']:.2f}"
+    )
 
 
 # -- B3 and memory ---------------------------------------------------------------------------
+
+B3_ENDPOINTS = {
+    "detail": ("/api/devices/<id>/", "GET /api/devices/<id>/ (cached)"),
+    "list": ("/api/devices/", "GET /api/devices/ (DB read)"),
+}
+SETUPS = ("on", "off", "stock")
 
 
 def wrk(url: str, seconds: int) -> float:
@@ -305,7 +514,7 @@ def wrk(url: str, seconds: int) -> float:
     if not exe:
         raise SystemExit("wrk is missing: apt-get install wrk")
     out = subprocess.run(
-        [exe, "-t2", "-c8", f"-d{seconds}s", url],
+        pinned([exe, "-t1", "-c8", f"-d{seconds}s", url], LOAD_CPU),
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -325,45 +534,6 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def b3_mem(quick: bool) -> dict:
-    """Throughput on vs off, ours and the stock recipe, two endpoints, alternating runs."""
-    seconds = 5 if quick else 15
-    res = {}
-    for kind in ("gunicorn", "uwsgi"):
-        for endpoint in ("detail", "list"):
-            row: dict = {
-                "endpoint": "GET /api/devices/<id>/ (cached)"
-                if endpoint == "detail"
-                else "GET /api/devices/ (DB read)"
-            }
-            for setup in ("on", "off", "stock", "on", "off", "stock"):
-                tmp = Path(tempfile.mkdtemp(prefix=f"b3-{kind}-"))
-                srv = start(
-                    kind, "stock" if setup == "stock" else "ours", tmp, metrics=setup != "off"
-                )
-                try:
-                    pk = warm(srv, 60)
-                    path = f"/api/devices/{pk}/" if endpoint == "detail" else "/api/devices/"
-                    row.setdefault(f"rps_{setup}", []).append(wrk(srv.url + path, seconds))
-                    workers = servers_children(srv.pid)
-                    row[f"master_rss_kb_{setup}"] = rss_kb(srv.pid)
-                    row[f"worker_rss_kb_{setup}"] = statistics.median(rss_kb(p) for p in workers)
-                finally:
-                    srv.stop()
-                    shutil.rmtree(tmp, ignore_errors=True)
-            for setup in ("on", "off", "stock"):
-                row[f"rps_{setup}_median"] = statistics.median(row[f"rps_{setup}"])
-            row["ratio"] = row["rps_on_median"] / row["rps_off_median"]
-            row["ratio_stock"] = row["rps_stock_median"] / row["rps_off_median"]
-            log(
-                f"B3 {kind:8} {endpoint:6} on {row['rps_on_median']:7.0f}  off "
-                f"{row['rps_off_median']:7.0f}  stock-on {row['rps_stock_median']:7.0f} rps; "
-                f"ours/off {row['ratio']:.2f}, stock/off {row['ratio_stock']:.2f}"
-            )
-            res[f"{kind}/{endpoint}"] = row
-    return res
-
-
 def servers_children(pid: int) -> list[int]:
     out = []
     for task in os.listdir(f"/proc/{pid}/task"):
@@ -372,13 +542,128 @@ def servers_children(pid: int) -> list[int]:
     return out
 
 
+def _rotated(r: int) -> tuple[str, ...]:
+    """on/off/stock in a different order each round, so none always runs first."""
+    k = r % len(SETUPS)
+    return SETUPS[k:] + SETUPS[:k]
+
+
+def b3(quick: bool) -> dict:
+    """Throughput on vs off vs stock (wrk, alternating rounds), memory, CPU per request."""
+    seconds = 3 if quick else 6
+    rounds = 5
+    res: dict = {
+        "seconds_per_run": seconds,
+        "rounds": rounds,
+        "server_cpu": SERVER_CPU,
+        "load_cpu": LOAD_CPU,
+        "rows": {},
+    }
+    for kind in ("gunicorn", "uwsgi"):
+        srvs: dict = {}
+        tmps: list[Path] = []
+        try:
+            pks = {}
+            for setup in SETUPS:
+                tmp = Path(tempfile.mkdtemp(prefix=f"b3-{kind}-{setup}-"))
+                tmps.append(tmp)
+                variant = "stock" if setup == "stock" else "ours"
+                srvs[setup] = start(kind, variant, tmp, metrics=setup != "off", cpu=SERVER_CPU)
+                pks[setup] = warm(srvs[setup], 60)
+            for endpoint, (path, label) in B3_ENDPOINTS.items():
+                rps: dict[str, list[float]] = {s: [] for s in SETUPS}
+                for r in range(rounds):
+                    for setup in _rotated(r):
+                        url = srvs[setup].url + path.replace("<id>", str(pks[setup]))
+                        rps[setup].append(wrk(url, seconds))
+                row: dict = {"endpoint": label}
+                for setup in SETUPS:
+                    row[f"rps_{setup}"] = spread(rps[setup])
+                row["ratio"] = spread([a / b for a, b in zip(rps["on"], rps["off"], strict=True)])
+                row["ratio_stock"] = spread(
+                    [a / b for a, b in zip(rps["stock"], rps["off"], strict=True)]
+                )
+                for setup in SETUPS:
+                    workers = servers_children(srvs[setup].pid)
+                    row[f"worker_rss_kb_{setup}"] = statistics.median(rss_kb(p) for p in workers)
+                res["rows"][f"{kind}/{endpoint}"] = row
+                log(
+                    f"B3 {kind:8} {endpoint:6} rps on {row['rps_on']['median']:7.0f} off "
+                    f"{row['rps_off']['median']:7.0f} stock {row['rps_stock']['median']:7.0f}; "
+                    f"on/off {row['ratio']['median']:.2f} "
+                    f"[{row['ratio']['min']:.2f}-{row['ratio']['max']:.2f}], stock/off "
+                    f"{row['ratio_stock']['median']:.2f}"
+                )
+        finally:
+            for srv in srvs.values():
+                srv.stop()
+            for tmp in tmps:
+                shutil.rmtree(tmp, ignore_errors=True)
+    res["cpu"] = cpu_per_request(quick)
+    return res
+
+
+def cpu_per_request(quick: bool) -> dict:
+    """CPU time per request in-process (``bench/cpu_per_request.py``), alternating rounds."""
+    n = 300 if quick else 1500
+    rounds = 5
+    tmp = Path(tempfile.mkdtemp(prefix="b3-cpu-"))
+    try:
+        base = servers.base_env(tmp, metrics=True)
+        servers.migrate(base)
+        cpu: dict[str, list[float]] = {s: [] for s in SETUPS}
+        path = B3_ENDPOINTS["detail"][0]
+        for r in range(rounds):
+            for setup in _rotated(r):
+                env = dict(base, METRICS_ENABLED="0" if setup == "off" else "1")
+                env.pop("PROMETHEUS_MULTIPROC_DIR")
+                if setup != "off":
+                    mp = tmp / f"mp-{setup}-{r}"
+                    mp.mkdir(mode=0o700)
+                    env["PROMETHEUS_MULTIPROC_DIR"] = str(mp)
+                cmd = [sys.executable, str(ROOT / "bench/cpu_per_request.py"), setup, str(n), path]
+                proc = subprocess.run(
+                    pinned(cmd, LOAD_CPU),
+                    env=env,
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                if proc.returncode:
+                    raise RuntimeError(f"cpu_per_request {setup}: {proc.stderr[-2000:]}")
+                rec = json.loads(proc.stdout.strip().splitlines()[-1])
+                if setup != "off" and not rec["db_files"]:
+                    raise RuntimeError(f"{setup}: metrics were not recorded (no .db file)")
+                cpu[setup].append(rec["cpu_us"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out: dict = {"endpoint": B3_ENDPOINTS["detail"][1], "requests": n, "rounds": rounds}
+    for setup in SETUPS:
+        out[f"cpu_us_{setup}"] = spread(cpu[setup])
+    ours = [a - b for a, b in zip(cpu["on"], cpu["off"], strict=True)]
+    stock = [a - b for a, b in zip(cpu["stock"], cpu["off"], strict=True)]
+    out["metrics_cpu_us_ours"] = spread(ours)
+    out["metrics_cpu_us_stock"] = spread(stock)
+    out["ours_over_stock"] = statistics.median(ours) / statistics.median(stock)
+    log(
+        f"B3 CPU per request (in-process, {out['endpoint']}): off "
+        f"{out['cpu_us_off']['median']:.0f} us, on {out['cpu_us_on']['median']:.0f} us, "
+        f"stock {out['cpu_us_stock']['median']:.0f} us; metrics cost ours "
+        f"{out['metrics_cpu_us_ours']['median']:.0f} us vs stock "
+        f"{out['metrics_cpu_us_stock']['median']:.0f} us ({out['ours_over_stock']:.2f})"
+    )
+    return out
+
+
 # -- B4 --------------------------------------------------------------------------------------
 
 
 def b4(quick: bool) -> dict:
     templates = real_templates()
-    d = Path(tempfile.mkdtemp(prefix="b4-"))
-    d.chmod(0o700)
+    base = Path(tempfile.mkdtemp(prefix="b4-"))  # inject() keeps its templates here
+    d = base / "metrics"
+    d.mkdir(mode=0o700)
     # four live workers' worth of files stays in place; each round adds one dead worker
     from netpoint_metrics.core import lease
 
@@ -404,7 +689,7 @@ def b4(quick: bool) -> dict:
             busy_times.append(time.perf_counter() - t0)
     for fd in live:
         os.close(fd)
-    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
     res = {
         "fold_median_ms": statistics.median(times) * 1000,
         "fold_p99_ms": pctl(times, 0.99) * 1000,
@@ -493,43 +778,25 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="about a minute or two per bench")
+    ap.add_argument("--quick", action="store_true", help="a minute or two per bench")
     ap.add_argument(
         "--only", nargs="*", default=["b2", "b4", "b1", "b3"], choices=["b1", "b2", "b3", "b4"]
     )
-    ap.add_argument("--into", type=Path, help="merge these parts into an existing results file")
-    ap.add_argument("--b1-runs", nargs="*", choices=B1_RUNS, help="only these B1 server/set-ups")
     args = ap.parse_args(argv)
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
+        "parts": args.only,
         "machine": machine(),
+        "pinning": {"server_cpu": SERVER_CPU, "load_cpu": LOAD_CPU},
     }
-    fns = {"b1": b1, "b2": b2, "b3": b3_mem, "b4": b4}
-    if args.into:  # re-run some parts (e.g. on a quieter machine) into an earlier run
-        result = json.loads(args.into.read_text())
-        result.setdefault("reruns", []).append(
-            {
-                "parts": args.only,
-                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "mode": "quick" if args.quick else "full",
-            }
-        )
+    fns = {"b1": b1, "b2": b2, "b3": b3, "b4": b4}
     out = (
         ROOT / "bench" / "results" / f"{result['date'][:19].replace(':', '')}-{result['mode']}.json"
     )
-    if args.into:
-        out = args.into
     for name in args.only:
         t0 = time.perf_counter()
-        if name == "b1" and args.b1_runs:
-            part = b1(args.quick, args.b1_runs)
-            if "b1" in result and result["b1"]["points"] == part["points"]:
-                result["b1"]["runs"].update(part["runs"])  # replace just those rows
-                part = result["b1"]
-            result["b1"] = part
-        else:
-            result[name] = fns[name](args.quick)
+        result[name] = fns[name](args.quick)
         result[name]["seconds"] = time.perf_counter() - t0
         out.write_text(json.dumps(result, indent=2))  # after each part: a crash keeps the rest
         log(f"wrote {out}")

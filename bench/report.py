@@ -17,28 +17,48 @@ ROOT = HERE.parent
 
 
 def latest() -> Path:
-    runs = sorted(p for p in (HERE / "results").glob("*.json"))
+    """The newest full run (else the newest run of any mode)."""
+    runs = sorted((HERE / "results").glob("*.json"))
+    full = [p for p in runs if p.name.endswith("-full.json")]
     if not runs:
         raise SystemExit("no results: run python bench/bench.py first")
-    return runs[-1]
+    return (full or runs)[-1]
+
+
+def mmm(x: dict, fmt: str = ".1f") -> str:
+    """median [min-max] of a spread."""
+    return f"{x['median']:{fmt}} [{x['min']:{fmt}}-{x['max']:{fmt}}]"
+
+
+def _b2_rows(rows: list[dict]) -> list[str]:
+    out = [
+        "| workers | `.db` files | stock | ours cold | ours warm | speed-up cold | speed-up warm | cold / warm | stock-order cold / warm |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in rows:
+        out.append(
+            f"| {x['workers']:,} | {x['files']:,} | {mmm(x['stock'])} | {mmm(x['cold'])} | "
+            f"{mmm(x['warm'])} | {mmm(x['speedup_cold'])}x | {mmm(x['speedup_warm'])}x | "
+            f"{mmm(x['cold_over_warm'], '.2f')} | {x['cold_stock_order']['median']:.1f} / "
+            f"{x['warm_stock_order']['median']:.1f} |"
+        )
+    return out
 
 
 def table(r: dict, source: str) -> str:
     m = r["machine"]
     v = m["versions"]
+    pin = r.get("pinning") or {}
     out = [
-        f"Run `{source}` ({r['mode']} mode), {r['date']}, on {m['cpu']} "
-        f"({m['nproc']} cores, {m['memory_gib']} GiB), Python {m['python']}, "
+        f"Run `{source}` ({r['mode']} mode, parts {', '.join(p for p in ('b1', 'b2', 'b3', 'b4') if p in r)}), {r['date']}, "
+        f"on {m['cpu']} ({m['nproc']} cores, {m['memory_gib']} GiB), Python {m['python']}, "
         f"prometheus-client {v.get('prometheus-client')}, Django {v.get('django')}, "
         f"django-prometheus {v.get('django-prometheus')}, gunicorn {v.get('gunicorn')}, "
-        f"uWSGI {v.get('uwsgi')}. Shared, noisy machine: compare within a row.",
+        f"uWSGI {v.get('uwsgi')}. Servers pinned to CPU {pin.get('server_cpu')}, load "
+        f"generator and in-process measurements to CPU {pin.get('load_cpu')}. Shared, noisy "
+        "machine: cells are median [min-max] over alternating rounds; compare within a row.",
         "",
     ]
-    for rr in r.get("reruns", []):
-        out += [
-            f"Parts {', '.join(rr['parts'])} re-run {rr['date']} ({rr['mode']} mode).",
-            "",
-        ]
     if "b1" in r:
         pts = r["b1"]["points"]
         out += [
@@ -54,37 +74,67 @@ def table(r: dict, source: str) -> str:
             out.append(f"| {kind} | {variant} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
         out.append("")
     if "b2" in r:
+        b2 = r["b2"]
+        h = b2["http"]
         out += [
-            "**B2 — collecting one directory (median ms; speed-up vs stock)**",
+            "**B2 — collecting a directory, ms (cold: a collector's first scrape; warm: later ones)**",
             "",
-            "| workers | files | stock | ours (exact, default) | ours (stock order) | ours first scrape | output |",
-            "|---|---|---|---|---|---|---|",
+            f"Gunicorn, {b2['workers']} live workers after {b2['requests']:,} requests "
+            f"({h['files']} `.db` files), `/metrics` over HTTP, each scrape's worker known: "
+            f"first scrape on a worker (cold) {mmm(h['cold'])} ms (n={h['cold']['n']}), later "
+            f"scrapes (warm) {mmm(h['warm'])} ms (n={h['warm']['n']}); the stock collector "
+            f"alone, in-process, on the same files: {mmm(h['stock_inprocess'])} ms. "
+            f"HTTP cold is **{h['speedup_cold']:.1f}x** faster than stock alone, warm "
+            f"**{h['speedup_warm']:.1f}x**; cold / warm {h['cold_over_warm']:.2f}."
+            + (
+                f" Of that, collecting inside the worker took {mmm(h['collect_cold'])} ms cold "
+                f"and {mmm(h['collect_warm'])} ms warm (the rest is Django, rendering, HTTP)."
+                if h.get("collect_cold") and h.get("collect_warm")
+                else ""
+            ),
+            "",
+            "Live workers' files (in-process, copies of those workers' files with their "
+            "leases held):",
+            "",
+            *_b2_rows(b2["live"]),
+            "",
+            "Dead workers' files (what the stock recipe keeps; ours folds them away):",
+            "",
+            *_b2_rows(b2["dead"]),
+            "",
+            "Before timing, every directory is checked: stock-order mode byte-identical to "
+            "stock (cold and warm), product mode (exact sums) within 1 ULP.",
+            "",
         ]
-        for x in r["b2"]["rows"]:
-            out.append(
-                f"| {x['workers']:,} | {x['files']:,} | {x['stock_ms']:.1f} | "
-                f"{x['ours_exact_ms']:.1f} ({x['speedup_exact']:.1f}x) | "
-                f"{x['ours_stock_order_ms']:.1f} ({x['speedup_stock_order']:.1f}x) | "
-                f"{x['ours_first_scrape_ms']:.1f} | byte-identical (stock order); exact within 1 ULP |"
-            )
-        out.append("")
     if "b3" in r:
+        b3 = r["b3"]
         out += [
-            "**B3 — throughput, metrics on vs off (wrk, 2 threads, 8 connections, 4 workers) and memory**",
+            f"**B3 — throughput, metrics on vs off vs the stock recipe (wrk 1 thread, 8 "
+            f"connections, {b3['seconds_per_run']} s per run, {b3['rounds']} alternating "
+            "rounds, 4 workers), and memory**",
             "",
-            "| server | endpoint | off rps | ours on rps | ours/off | stock on rps | stock/off | worker RSS off / ours / stock kB |",
+            "| server | endpoint | off rps | ours on rps | ours / off | stock rps | stock / off | worker RSS off / ours / stock kB |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for key, x in r["b3"].items():
-            if key == "seconds":
-                continue
+        for key, x in b3["rows"].items():
             out.append(
-                f"| {key.split('/')[0]} | {x['endpoint']} | {x['rps_off_median']:.0f} | "
-                f"{x['rps_on_median']:.0f} | {x['ratio']:.2f} | {x['rps_stock_median']:.0f} | "
-                f"{x['ratio_stock']:.2f} | {x['worker_rss_kb_off']:.0f} / "
-                f"{x['worker_rss_kb_on']:.0f} / {x['worker_rss_kb_stock']:.0f} |"
+                f"| {key.split('/')[0]} | {x['endpoint']} | {mmm(x['rps_off'], '.0f')} | "
+                f"{mmm(x['rps_on'], '.0f')} | {mmm(x['ratio'], '.2f')} | "
+                f"{mmm(x['rps_stock'], '.0f')} | {mmm(x['ratio_stock'], '.2f')} | "
+                f"{x['worker_rss_kb_off']:.0f} / {x['worker_rss_kb_on']:.0f} / "
+                f"{x['worker_rss_kb_stock']:.0f} |"
             )
-        out.append("")
+        c = b3["cpu"]
+        out += [
+            "",
+            f"CPU time per request in-process (`bench/cpu_per_request.py`, WSGI app called "
+            f"directly, {c['endpoint']}, {c['requests']:,} requests x {c['rounds']} "
+            f"alternating rounds), us: off {mmm(c['cpu_us_off'], '.0f')}, ours "
+            f"{mmm(c['cpu_us_on'], '.0f')}, stock {mmm(c['cpu_us_stock'], '.0f')}. What "
+            f"metrics add: ours {mmm(c['metrics_cpu_us_ours'], '.0f')}, stock "
+            f"{mmm(c['metrics_cpu_us_stock'], '.0f')} (ours / stock {c['ours_over_stock']:.2f}).",
+            "",
+        ]
     if "b4" in r:
         x = r["b4"]
         out += [

@@ -11,43 +11,84 @@ three differences that are the point of this project:
   a total down by one ULP. ``exact=False`` adds in file order like the stock collector and
   is byte-identical to it; the benchmark and tests use that to prove the reader right.
 
-It is fast because most of the stock collector's time goes into per-entry work that a
-file's layout makes unnecessary: while a file's inode and used size are unchanged its keys
-are too (writers only append), so one compiled ``struct`` call reads all of its values.
-Unreadable files are skipped with one warning each and never fail the scrape.
+The work is split so each part can be read alone: this module picks which files count;
+:mod:`.filereader` reads one file's values (with layouts from :mod:`.layouts`, shared by
+files with the same keys, so a first scrape learns each key sequence once, not each
+file); :mod:`.series`
+numbers the series and holds their values; :mod:`.families` turns those into metric
+families. Unreadable files are skipped with one warning each and never fail the scrape;
+:attr:`DirectoryCollector.stats` counts them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import operator
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
-from netpoint_metrics.core import archive, dbfile, lease, lock, manifest, names
+from netpoint_metrics.core import archive, lease, lock, manifest, names
+from netpoint_metrics.core.families import FamilyBuilder
+from netpoint_metrics.core.filereader import FileReader, FileValues
+from netpoint_metrics.core.layouts import Layout
+from netpoint_metrics.core.series import SeriesTable
 
-log = logging.getLogger("netpoint_metrics")
+log = logging.getLogger(__name__)
 
-_drain = deque(maxlen=0).extend  # consume an iterator in C
-_call = getattr(operator, "call", lambda f, v: f(v))  # operator.call: Python >= 3.11
+_drain: Callable[[Iterator[Any]], None] = deque(maxlen=0).extend  # consume in C
+_call: Callable[[Callable[[float], None], float], None] = getattr(
+    operator, "call", lambda f, v: f(v)
+)  # operator.call: Python >= 3.11
 
-_SUMMED_GAUGE_MODES = frozenset({"sum", "livesum"})
-_PID_MODES = frozenset({"all", "liveall"})
-_RECENT_MODES = frozenset({"mostrecent", "livemostrecent"})
+
+@dataclass(frozen=True, slots=True)
+class CollectStats:
+    """What the last collect saw; a new object per collect, so it is never half-updated.
+
+    Meant for self-metrics (``netpoint_metrics_directory_files`` and friends) without a
+    second directory scan.
+    """
+
+    #: Value files whose values the last collect used (live, dead and archives).
+    files: int = 0
+    #: Bytes of values in them (the "used" size in each file's header).
+    bytes: int = 0
+    #: Unreadable files the last collect skipped.
+    unreadable: int = 0
+    #: Unreadable files skipped, summed over every collect (a counter).
+    unreadable_total: int = 0
+    #: Seconds the last collect took, folding and lock wait included.
+    last_duration: float = 0.0
+    #: Collects run by this collector.
+    collects_total: int = 0
+
+
+@dataclass
+class _Frozen:
+    """Values of files nobody writes any more (archives, dead processes), read once.
+
+    Kept as raw per-series value lists, not pre-summed, so the exact sum over everything
+    is the same as without this cache: no order or rounding can change.
+    """
+
+    key: frozenset[tuple[str, int]] | None = None
+    series: tuple[tuple[int, list[float], list[float]], ...] = ()
+    files: int = 0
+    bytes: int = 0
+    unreadable: int = 0
 
 
 class DirectoryCollector:
     """A prometheus-client collector over one multiprocess directory.
 
-    Keep one per process: its per-file cache is what makes repeated scrapes cheap.
+    Keep one per process: its caches are what make repeated scrapes cheap.
     """
 
     def __init__(
@@ -71,175 +112,133 @@ class DirectoryCollector:
         #: on their own events; this catches what they cannot see, e.g. a uWSGI worker
         #: cheaped away with no respawn, or a fold that found the lock busy.
         self.fold_every = fold_every
-        self._last_fold = -math.inf
-        self._layouts: dict[str, dbfile.Layout] = {}
-        self._slot_of: dict[tuple, int] = {}
-        self._slot_info: list[tuple] = []
-        self._plans: list[tuple] = []
-        self._sample_meta: dict[tuple, tuple] = {}
-        self._bucket_keys: dict[tuple, tuple] = {}
-        # One value list and one timestamp list per series slot, kept between scrapes so
-        # that a file's layout can hold their bound ``append`` methods: then reading a
-        # file's values into them is a single C-level ``map``, no Python loop per value.
-        self._vals: list[list[float]] = []
-        self._stamps: list[list[float]] = []
-        self._vapp: list = []
-        self._tapp: list = []
+        # Counted from creation, not from -inf: a worker's first scrape is the expensive
+        # one already (nothing learned yet) and should not pay for compaction as well.
+        self._last_fold = time.perf_counter()
         self._lock = threading.Lock()  # threaded workers may scrape concurrently
-        # Files nobody can write any more (archives, dead processes) are read once per
-        # change of their set; see _add_frozen.
-        self._dead: set[str] = set()
-        self._frozen_key: frozenset | None = None
-        self._frozen: list[tuple[int, list, list]] = []
-        self._frozen_files = 0
-        self._parsed: dict[bytes, tuple] = {}
-        self._names: dict[str, names.DbName | None] = {}
-        self._warned: set[tuple] = set()
-        #: What the last collect() saw, for self-metrics and the CLI.
-        self.last_stats: dict[str, float] = {}
+        self._table = SeriesTable()
+        self._reader = FileReader(self._table, self._is_alive)
+        self._families = FamilyBuilder(exact)
+        self._names: dict[str, names.DbName] = {}
+        self._alive: dict[str, bool] = {}  # liveness by identifier, for one collect
+        self._dead: set[str] = set()  # our identifiers are never reused: dead stays dead
+        self._frozen = _Frozen()
+        self.stats = CollectStats()
 
-    # -- reading ---------------------------------------------------------------------
+    @property
+    def _layouts(self) -> dict[str, Layout]:
+        """Layouts remembered by path (read by tests that check the cache stays warm)."""
+        return self._reader.remembered()
 
-    def collect(self) -> Iterable[Metric]:
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """The older dict form of :attr:`stats`."""
+        s = self.stats
+        return {"files": s.files, "skipped": s.unreadable, "seconds": s.last_duration}
+
+    def collect(self) -> list[Metric]:
         t0 = time.perf_counter()
         if self.fold_every is not None and t0 - self._last_fold >= self.fold_every:
             self._last_fold = t0
             try:
                 archive.fold(self.directory, wait=False)
             except Exception:  # a scrape must not fail because compaction did
-                log.exception("netpoint-metrics: opportunistic fold of %s failed", self.directory)
+                log.exception("opportunistic fold of %s failed", self.directory)
         with self._lock:
+            unreadable_before = self._reader.unreadable_total
             if self.use_lock:
                 with lock.shared(self.directory, self.lock_timeout):
-                    order, files, skipped = self._read_all()
+                    order, files, nbytes = self._read_all()
             else:
-                order, files, skipped = self._read_all()
-            metrics = self._build(order)
-        self.last_stats = {
-            "files": files,
-            "skipped": skipped,
-            "seconds": time.perf_counter() - t0,
-        }
+                order, files, nbytes = self._read_all()
+            metrics = self._families.build(self._table, order)
+            total = self._reader.unreadable_total
+            self.stats = CollectStats(
+                files=files,
+                bytes=nbytes,
+                unreadable=total - unreadable_before,
+                unreadable_total=total,
+                last_duration=time.perf_counter() - t0,
+                collects_total=self.stats.collects_total + 1,
+            )
         return metrics
 
-    def _read_all(self):
-        directory = self.directory
-        man = manifest.load(directory) if self.use_manifest else manifest.Manifest()
-        archive_ident = man.archive_ident()
-        folded = man.folded
-        alive: dict[str, bool] = {}
-        self._clear_lists()
+    # -- which files count -------------------------------------------------------------
+
+    def _read_all(self) -> tuple[list[int], int, int]:
+        """Read every file that counts into the series table: (series order, files, bytes)."""
+        self._alive = {}
+        self._table.clear_values()
+        self._reader.bytes_read = 0
         seen: set[int] = set()
         order: list[int] = []
-        seen_paths = set()
         frozen: list[tuple[str, int, names.DbName]] = []
+        present: set[str] = set()
         use_frozen = self.exact and self.drop_dead_live_gauges
-        files = skipped = 0
+        files = 0
+        for path, inode, parsed in self._value_files():
+            present.add(path)
+            if use_frozen and self._is_frozen(parsed):
+                frozen.append((path, inode, parsed))
+                continue
+            got = self._reader.read(path, parsed, inode)
+            if got is not None:
+                files += 1
+                _take(got, seen, order)
+        nbytes = self._reader.bytes_read
+        if frozen:
+            self._add_frozen(frozen, seen, order)
+            files += self._frozen.files
+            nbytes += self._frozen.bytes
+            self._reader.unreadable_total += self._frozen.unreadable
+        self._reader.forget_missing(present)
+        if self._table.needs_compaction(len(order)):
+            order = self._table.compact(order)
+            self._reader.forget_slots()
+            self._frozen = _Frozen()
+        return order, files, nbytes
+
+    def _value_files(self) -> Iterator[tuple[str, int, names.DbName]]:
+        """(path, inode, parsed name) of every value file whose values count now."""
+        directory = self.directory
+        dir_prefix = os.path.join(directory, "")
+        man = manifest.load(directory) if self.use_manifest else manifest.Manifest()
+        archive_ident = man.archive_ident()
         with os.scandir(directory) as it:
             entries = [(e.name, e.inode()) for e in it]
+        if len(self._names) > 2 * len(entries) + 1024:
+            self._names.clear()
         for filename, inode in entries:
-            if not filename.endswith(".db"):
-                continue
             parsed = self._names.get(filename)
             if parsed is None:
+                if not filename.endswith(".db"):
+                    continue
                 parsed = names.parse_db_name(filename)
                 if parsed is None:
                     continue
                 self._names[filename] = parsed
-            ident = parsed.ident
             if self.use_manifest:
                 if parsed.is_archive:
-                    if ident != archive_ident:
-                        continue
-                elif ident in folded:
-                    continue
-            if self.drop_dead_live_gauges and parsed.live_only and not parsed.is_archive:
-                ok = alive.get(ident)
-                if ok is None:
-                    ok = alive[ident] = lease.is_alive(directory, ident)
-                if not ok:
-                    continue
-            path = os.path.join(directory, filename)
-            seen_paths.add(path)
-            if use_frozen and self._is_frozen(parsed, alive):
-                frozen.append((path, inode, parsed))
+                    if parsed.ident != archive_ident:
+                        continue  # an older generation, or a newer one not committed yet
+                elif parsed.ident in man.folded:
+                    continue  # already in the archive; its deletion is pending
+            if (
+                self.drop_dead_live_gauges
+                and parsed.live_only
+                and not parsed.is_archive
+                and not self._is_alive(parsed.ident)
+            ):
                 continue
-            got = self._read_file(path, parsed)
-            if not got:
-                skipped += got is False
-                continue
-            files += 1
-            self._take(got, seen, order)
-        if frozen:
-            files += self._add_frozen(frozen, seen, order)
-        # Forget layouts of files that are gone, and reset the slot table if it has grown
-        # far past what is in use (ids of "all" gauges never come back).
-        if len(self._names) > 2 * len(entries) + 1024:
-            self._names.clear()
-        if len(self._layouts) > len(seen_paths):
-            for path in [p for p in self._layouts if p not in seen_paths]:
-                del self._layouts[path]
-        if len(self._slot_info) > 4 * len(order) + 4096:
-            order_info = [self._slot_info[s] for s in order]
-            values = [list(self._vals[s]) for s in order]
-            stamps = [list(self._stamps[s]) for s in order]
-            self._reset_slots()
-            # Re-home this scrape's values in fresh slots 0..n-1.
-            for i, info in enumerate(order_info):
-                self._new_slot(info)
-                self._vals[i].extend(values[i])
-                self._stamps[i].extend(stamps[i])
-            order = list(range(len(order_info)))
-        return order, files, skipped
+            yield dir_prefix + filename, inode, parsed
 
-    def _clear_lists(self) -> None:
-        for lst in self._vals:
-            lst.clear()
-        for lst in self._stamps:
-            lst.clear()
+    def _is_alive(self, ident: str) -> bool:
+        ok = self._alive.get(ident)
+        if ok is None:
+            ok = self._alive[ident] = lease.is_alive(self.directory, ident)
+        return ok
 
-    def _read_file(self, path: str, parsed: names.DbName):
-        """(slots, value appenders, stamp appenders, values, stamps) of one file.
-
-        None for an empty or vanished file (normal races), False for an unreadable one.
-        """
-        try:
-            layout = self._layouts.get(path)
-            snap = dbfile.read_snapshot(path, layout.used if layout is not None else 0)
-            if snap is None:
-                return None
-            if layout is None or not layout.matches(snap):
-                layout = self._layouts[path] = dbfile.Layout.build(snap)
-            if parsed.mode in _PID_MODES:
-                slots = self._slots_for(layout, parsed)
-                vapp = tuple(self._vapp[s] for s in slots)
-                tapp = tuple(self._tapp[s] for s in slots)
-            else:
-                if layout.slots is None:
-                    self._slots_for(layout, parsed)
-                slots, vapp, tapp = layout.slots, layout.vapp, layout.tapp
-            if parsed.mode in _RECENT_MODES:
-                raw = layout.unpack(snap.data)
-                return slots, vapp, tapp, raw[0::2], raw[1::2]
-            return slots, vapp, tapp, layout.unpack_values(snap.data), None
-        except (dbfile.CorruptFile, OSError, ValueError) as exc:
-            self._layouts.pop(path, None)
-            self._warn_once(path, exc)
-            return False
-
-    @staticmethod
-    def _take(got, seen: set[int], order: list[int]) -> None:
-        slots, vapp, tapp, vals, stamps = got
-        if not seen.issuperset(slots):  # first-seen order is the output order
-            for s in slots:
-                if s not in seen:
-                    seen.add(s)
-                    order.append(s)
-        _drain(map(_call, vapp, vals))
-        if stamps is not None:
-            _drain(map(_call, tapp, stamps))
-
-    def _is_frozen(self, parsed: names.DbName, alive: dict[str, bool]) -> bool:
+    def _is_frozen(self, parsed: names.DbName) -> bool:
         """True for files nobody can write any more: archives, and dead processes' files.
 
         Our identifiers are never reused, so once dead always dead; a stock pid-named
@@ -248,246 +247,76 @@ class DirectoryCollector:
         ident = parsed.ident
         if parsed.is_archive or ident in self._dead:
             return True
-        ok = alive.get(ident)
-        if ok is None:
-            ok = alive[ident] = lease.is_alive(self.directory, ident)
-        if not ok and "-" in ident:
+        if self._is_alive(ident):
+            return False
+        if "-" in ident:
             self._dead.add(ident)
-        return not ok
+        return True
 
-    def _add_frozen(self, frozen: list, seen: set[int], order: list[int]) -> int:
-        """Add the values of files nobody writes any more, read once per change of that set.
-
-        They are kept as raw per-series value lists, not pre-summed, so the exact sum over
-        everything is the same as without this cache: no order or rounding can change.
-        """
+    def _add_frozen(
+        self, frozen: list[tuple[str, int, names.DbName]], seen: set[int], order: list[int]
+    ) -> None:
+        """Add the values of files nobody writes any more, read once per change of that set."""
         key = frozenset((p, i) for p, i, _ in frozen)
-        if key != self._frozen_key:
-            # Read them into the (empty) scrape lists first, keep a copy, then read the
-            # live ones already gathered back: simplest is to rebuild from scratch here.
-            live_v = {s: list(self._vals[s]) for s in order}
-            live_t = {s: list(self._stamps[s]) for s in order}
-            self._clear_lists()
-            fseen: set[int] = set()
-            forder: list[int] = []
-            n = 0
-            for path, _inode, parsed in frozen:
-                got = self._read_file(path, parsed)
-                if got:
-                    n += 1
-                    self._take(got, fseen, forder)
-            self._frozen = [(s, list(self._vals[s]), list(self._stamps[s])) for s in forder]
-            self._frozen_key = key
-            self._frozen_files = n
-            self._clear_lists()
-            for s in order:
-                self._vals[s].extend(live_v[s])
-                self._stamps[s].extend(live_t[s])
-        for slot, vs, ts in self._frozen:
+        if key != self._frozen.key:
+            self._frozen = self._read_frozen(key, frozen, order)
+        values, stamps = self._table.values, self._table.stamps
+        for slot, vs, ts in self._frozen.series:
             if slot not in seen:
                 seen.add(slot)
                 order.append(slot)
-            self._vals[slot].extend(vs)
+            values[slot].extend(vs)
             if ts:
-                self._stamps[slot].extend(ts)
+                stamps[slot].extend(ts)
         if len(self._dead) > 4 * len(frozen) + 1024:
             self._dead = {p.ident for _, _, p in frozen if p.ident in self._dead}
-        return self._frozen_files
 
-    def _slots_for(self, layout: dbfile.Layout, parsed: names.DbName) -> tuple[int, ...]:
-        """Map each value of a file to a series slot (kind and gauge mode included)."""
-        out = []
-        pid = parsed.ident if parsed.mode in _PID_MODES else None
-        for key in layout.keys:
-            p = self._parsed.get(key)
-            if p is None:
-                p = self._parsed[key] = dbfile.parse_key(key)
-            metric_name, name, labels_key, help_text = p
-            skey = (parsed.kind, parsed.mode, metric_name, name, labels_key, pid)
-            slot = self._slot_of.get(skey)
-            if slot is None:
-                slot = self._new_slot(
-                    (parsed.kind, parsed.mode, metric_name, name, labels_key, help_text, pid)
-                )
-            out.append(slot)
-        slots = tuple(out)
-        if pid is None:
-            layout.slots = slots
-            layout.vapp = tuple(self._vapp[s] for s in slots)
-            layout.tapp = tuple(self._tapp[s] for s in slots)
-        return slots
-
-    def _new_slot(self, info: tuple) -> int:
-        slot = len(self._slot_info)
-        self._slot_of[info[:5] + (info[6],)] = slot
-        self._slot_info.append(info)
-        self._plans.append(_plan(info))
-        v: list[float] = []
-        t: list[float] = []
-        self._vals.append(v)
-        self._stamps.append(t)
-        self._vapp.append(v.append)
-        self._tapp.append(t.append)
-        return slot
-
-    def _reset_slots(self) -> None:
-        self._slot_of.clear()
-        self._slot_info.clear()
-        self._plans.clear()
-        self._parsed.clear()
-        self._vals.clear()
-        self._stamps.clear()
-        self._vapp.clear()
-        self._tapp.clear()
-        for layout in self._layouts.values():
-            layout.slots = layout.vapp = layout.tapp = None
-        self._frozen_key = None
-        self._frozen = []
-
-    def _warn_once(self, path: str, exc: Exception) -> None:
-        key = (path, str(exc))
-        if key not in self._warned:
-            if len(self._warned) > 10000:
-                self._warned.clear()
-            self._warned.add(key)
-            log.warning("netpoint-metrics: skipping unreadable %s: %s", path, exc)
-
-    # -- building metric families ------------------------------------------------------
-
-    def _build(self, order: list[int]) -> list[Metric]:
-        """Turn per-series value lists into metric families, in stock's order and shape.
-
-        This mirrors ``MultiProcessCollector._accumulate_metrics`` fed one aggregated value
-        per series in first-seen order, which gives the same families, samples and order.
-        Per-series facts (bucket bounds, label dicts) are computed once per series, not
-        once per scrape.
-        """
-        values, stamps = self._vals, self._stamps
-        plans = self._plans
-        total = math.fsum if self.exact else _sequential_sum
-        metrics: dict[str, Metric] = {}
-        samples: dict[str, dict] = {}
-        buckets: dict[str, dict] = {}
-        for slot in order:
-            kind, mode, metric_name, help_text, key, group_key, le = plans[slot]
-            msamples = samples.get(metric_name)
-            if msamples is None:
-                metrics[metric_name] = Metric(metric_name, help_text, kind)
-                msamples = samples[metric_name] = {}
-                buckets[metric_name] = {}
-            vals = values[slot]
-            if kind == "gauge":
-                metrics[metric_name]._multiprocess_mode = mode
-                group = msamples.get(group_key)
-                if group is None:
-                    group = msamples[group_key] = {}
-                if mode in _PID_MODES:
-                    group[key] = vals[-1]
-                    continue
-                if mode in _SUMMED_GAUGE_MODES:
-                    value = total(vals)
-                elif mode in ("min", "livemin"):
-                    value = min(vals)
-                elif mode in ("max", "livemax"):
-                    value = max(vals)
-                else:  # mostrecent: newest positive timestamp wins, first on ties
-                    best_t, value = 0.0, None
-                    for v, t in zip(vals, stamps[slot], strict=False):
-                        if best_t < t:
-                            best_t, value = t, v
-                    if value is None:
-                        continue
-                _merge_gauge(group, key, value, mode, total)
-            elif le is not None:  # a histogram bucket: summed now, made cumulative below
-                b = buckets[metric_name].get(group_key)
-                if b is None:
-                    b = buckets[metric_name][group_key] = {}
-                b[le] = total(vals) if le not in b else total([b[le], *vals])
-            else:
-                group = msamples.get(group_key)
-                if group is None:
-                    group = msamples[group_key] = {}
-                group[key] = total(vals) if key not in group else total([group[key], *vals])
-
-        out = []
-        meta = self._sample_meta
-        make = Sample._make
-        for metric_name, metric in metrics.items():
-            msamples = samples[metric_name]
-            if metric.type == "histogram":
-                for labels, bvals in buckets[metric_name].items():
-                    acc = 0.0
-                    group = msamples.get(labels)
-                    if group is None:
-                        group = msamples[labels] = {}
-                    for bucket, value in sorted(bvals.items()):
-                        acc += value
-                        group[self._bucket_key(metric_name, labels, bucket)] = acc
-                    group[(metric_name + "_count", labels)] = acc
-            samples_out = []
-            for group in msamples.values():
-                for key, value in group.items():
-                    m = meta.get(key)
-                    if m is None:
-                        m = meta[key] = (key[0], dict(key[1]))
-                    samples_out.append(make((m[0], m[1], value, None, None, None)))
-            metric.samples = samples_out
-            out.append(metric)
-        if len(meta) > 8 * len(order) + 4096:
-            meta.clear()
-            self._bucket_keys.clear()
-        return out
-
-    def _bucket_key(self, metric_name: str, labels: tuple, bucket: float) -> tuple:
-        k = (metric_name, labels, bucket)
-        key = self._bucket_keys.get(k)
-        if key is None:
-            key = self._bucket_keys[k] = (
-                metric_name + "_bucket",
-                labels + (("le", floatToGoString(bucket)),),
-            )
-        return key
+    def _read_frozen(
+        self,
+        key: frozenset[tuple[str, int]],
+        frozen: list[tuple[str, int, names.DbName]],
+        live_order: list[int],
+    ) -> _Frozen:
+        """Read the frozen files alone into the series lists, then put the live values back."""
+        table, reader = self._table, self._reader
+        live = [(s, table.values[s][:], table.stamps[s][:]) for s in live_order]
+        live_bytes = reader.bytes_read
+        before = reader.unreadable_total
+        table.clear_values()
+        reader.bytes_read = 0
+        fseen: set[int] = set()
+        forder: list[int] = []
+        files = 0
+        for path, inode, parsed in frozen:
+            got = reader.read(path, parsed, inode)
+            if got is not None:
+                files += 1
+                _take(got, fseen, forder)
+        result = _Frozen(
+            key=key,
+            series=tuple((s, table.values[s][:], table.stamps[s][:]) for s in forder),
+            files=files,
+            bytes=reader.bytes_read,
+            unreadable=reader.unreadable_total - before,
+        )
+        # Counted per collect by the caller, like every other unreadable file.
+        reader.unreadable_total = before
+        reader.bytes_read = live_bytes
+        table.clear_values()
+        for s, vs, ts in live:
+            table.values[s].extend(vs)
+            table.stamps[s].extend(ts)
+        return result
 
 
-def _plan(info: tuple) -> tuple:
-    """What building a series' samples needs, worked out once when the series appears.
-
-    Returns (kind, mode, metric name, help, sample key, label group, bucket bound or None)
-    where the label group is what stock groups samples by: labels without ``pid`` (or with
-    it, for "all" gauges) and, for buckets, without ``le``.
-    """
-    kind, mode, metric_name, name, labels_key, help_text, pid = info
-    le = None
-    group = labels_key
-    if kind == "gauge" and pid is not None:
-        group = labels_key + (("pid", pid),)
-    elif kind == "histogram":
-        for k, v in labels_key:
-            if k == "le":
-                le = float(v)
-                group = tuple(kv for kv in labels_key if kv[0] != "le")
-                break
-    return (kind, mode, metric_name, help_text, (name, group), group, le)
-
-
-def _merge_gauge(group: dict, key: tuple, value: float, mode: str, total) -> None:
-    """Combine two series that stock would merge (same labels once ``pid`` is dropped)."""
-    old = group.get(key)
-    if old is None:
-        group[key] = value
-    elif mode in _SUMMED_GAUGE_MODES:
-        group[key] = total([old, value])
-    elif mode in ("min", "livemin"):
-        group[key] = min(old, value)
-    elif mode in ("max", "livemax"):
-        group[key] = max(old, value)
-    else:
-        group[key] = value
-
-
-def _sequential_sum(vals: list[float]) -> float:
-    """Add in order from 0.0, exactly as the stock collector's ``+=`` does."""
-    acc = 0.0
-    for v in vals:
-        acc += v
-    return acc
+def _take(got: FileValues, seen: set[int], order: list[int]) -> None:
+    """Append one file's values to their series; first-seen order is the output order."""
+    slots, vapp, tapp, vals, stamps = got
+    if not seen.issuperset(slots):
+        for s in slots:
+            if s not in seen:
+                seen.add(s)
+                order.append(s)
+    _drain(map(_call, vapp, vals))
+    if stamps is not None:
+        _drain(map(_call, tapp, stamps))

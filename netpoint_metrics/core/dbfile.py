@@ -4,7 +4,7 @@ The format (``prometheus_client/mmap_dict.py``): an int32 "bytes used", 4 bytes 
 padding, then entries of int32 key length, the UTF-8 key padded with spaces to an 8-byte
 boundary, a float64 value and a float64 timestamp. Writers never rewrite a key in place,
 they only append and then bump "bytes used", so a file whose size and used count have not
-changed still has the same layout. That is what :class:`Layout` caches.
+changed still has the same layout: :mod:`.layouts` builds on that.
 
 Reads never use mmap: a file that shrinks or vanishes under us gives a short read or an
 ``OSError``, not a SIGBUS.
@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import mmap
 import os
 import struct
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
 
 _INT = struct.Struct("i")
 _TWO_DOUBLES = struct.Struct("dd")
 _PAGE = mmap.PAGESIZE
+# The decoder's C scanner (set in its __init__, missing from the type stubs).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_JSON_SPACE = " \t\n\r"
 #: Sanity bound: prometheus-client doubles its file from 64 KiB; 1 GiB is far past sane.
 MAX_USED = 1 << 30
 
@@ -31,9 +37,13 @@ class CorruptFile(ValueError):
     """A value file that cannot be parsed: truncated, garbage, or not this format."""
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The bytes of one value file as read at one instant."""
+class Snapshot(NamedTuple):
+    """The bytes of one value file as read at one instant.
+
+    ``used == 0`` (and empty ``data``) for a file that exists but holds nothing yet:
+    prometheus-client creates the file, then grows and initialises it. A named tuple:
+    one is made per file per scrape, and a frozen dataclass costs several times more.
+    """
 
     data: bytes
     used: int
@@ -42,7 +52,7 @@ class Snapshot:
 
 
 def read_snapshot(path: str, hint: int = 0) -> Snapshot | None:
-    """Read a value file; None if it is empty (just created) or gone.
+    """Read a value file; None if it is gone, ``used == 0`` if it is empty.
 
     ``hint`` is the used size seen last time: reading that much at once makes a known
     file one ``pread``. Raises :class:`CorruptFile` when the header cannot be right.
@@ -56,13 +66,13 @@ def read_snapshot(path: str, hint: int = 0) -> Snapshot | None:
         head = os.pread(fd, hint if hint > _PAGE else _PAGE, 0)
         if not head:
             # prometheus-client creates the file, then grows it: an empty file is a
-            # process caught between the two, not damage.
-            return None
+            # process caught between the two (or killed there: the caller decides).
+            return Snapshot(b"", 0, st.st_ino, st.st_size)
         if len(head) < 8:
             raise CorruptFile(f"{path}: {len(head)} bytes, shorter than the 8-byte header")
         used = _INT.unpack_from(head, 0)[0]
         if used == 0 and not head.strip(b"\0"):
-            return None  # grown but not yet initialised: also a creation in progress
+            return Snapshot(b"", 0, st.st_ino, st.st_size)  # grown, not yet initialised
         if used < 8 or used > MAX_USED or used > st.st_size:
             raise CorruptFile(f"{path}: header says {used} bytes used, file has {st.st_size}")
         data = (
@@ -93,10 +103,18 @@ def iter_entries(data: bytes, used: int) -> Iterable[tuple[bytes, int]]:
 
 
 def parse_key(key: bytes) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
-    """Decode a key to (metric name, sample name, sorted labels, help text)."""
+    """Decode a key to (metric name, sample name, sorted labels, help text).
+
+    Accepts exactly what ``json.loads`` accepts, without its Python-level wrapper: a cold
+    scrape parses every distinct key once, and that wrapper costs more than the parse.
+    """
     try:
-        metric_name, name, labels, help_text = json.loads(key)
-    except (ValueError, TypeError) as exc:
+        text = key.decode("utf-8").strip(_JSON_SPACE)
+        value, end = _scan_json(text, 0)
+        if end != len(text):
+            raise ValueError("extra data after the key")
+        metric_name, name, labels, help_text = value
+    except (ValueError, TypeError, RecursionError, StopIteration) as exc:
         raise CorruptFile(f"undecodable key {key[:80]!r}") from exc
     if not (
         isinstance(metric_name, str)
@@ -112,7 +130,7 @@ def parse_key(key: bytes) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
 def read_entries(path: str) -> list[tuple[bytes, float, float]] | None:
     """All (key, value, timestamp) of a file, None if empty or gone; raises CorruptFile."""
     snap = read_snapshot(path)
-    if snap is None:
+    if snap is None or snap.used == 0:
         return None
     out = []
     for key, vpos in iter_entries(snap.data, snap.used):
@@ -133,56 +151,6 @@ def encode(entries: Iterable[tuple[bytes, float, float]]) -> bytes:
         used += len(chunk)
     chunks[0] = _INT.pack(used) + b"\0\0\0\0"
     return b"".join(chunks)
-
-
-@dataclass(slots=True)
-class Layout:
-    """Where every value of one file lives, so later reads are one ``unpack_from``.
-
-    ``keys`` holds the encoded keys in file order; ``unpack`` returns
-    (value0, ts0, value1, ts1, ...). ``check`` is the last key's bytes at its offset, a
-    cheap guard against a different file that happens to have the same inode and size.
-    """
-
-    inode: int
-    used: int
-    keys: tuple[bytes, ...]
-    unpack: object
-    unpack_values: object
-    check_at: int
-    check: bytes
-    slots: tuple[int, ...] | None = field(default=None)
-    #: Bound ``append`` methods of the collector's per-series value and timestamp lists.
-    vapp: tuple | None = field(default=None)
-    tapp: tuple | None = field(default=None)
-
-    @classmethod
-    def build(cls, snap: Snapshot) -> Layout:
-        keys: list[bytes] = []
-        fmt: list[str] = ["="]
-        vfmt: list[str] = ["="]
-        last = 0
-        check_at, check = 0, b""
-        for key, vpos in iter_entries(snap.data, snap.used):
-            keys.append(key)
-            gap = vpos - last
-            if gap:
-                fmt.append(f"{gap}x")
-                vfmt.append(f"{gap}x")
-            fmt.append("2d")
-            vfmt.append("d8x")
-            last = vpos + 16
-            check_at, check = vpos - len(key) - (8 - (len(key) + 4) % 8), key
-        unpack = struct.Struct("".join(fmt)).unpack_from
-        unpack_values = struct.Struct("".join(vfmt)).unpack_from
-        return cls(snap.inode, snap.used, tuple(keys), unpack, unpack_values, check_at, check)
-
-    def matches(self, snap: Snapshot) -> bool:
-        return (
-            self.inode == snap.inode
-            and self.used == snap.used
-            and snap.data[self.check_at : self.check_at + len(self.check)] == self.check
-        )
 
 
 def write_atomic(directory: str, filename: str, payload: bytes, tmp_tag: str) -> None:

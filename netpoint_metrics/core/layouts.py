@@ -1,0 +1,244 @@
+"""Where every value of a value file lives, learned once and shared between files.
+
+A file's layout (the offset of each value) follows from its keys alone: prometheus-client
+appends entries and never moves one. Every worker writes much the same keys, so a scrape by
+a worker that has never read the directory meets the same layouts over and over: one per
+distinct key sequence, not one per file. :class:`LayoutCache` keeps them by kind of file
+and used size, and a candidate is accepted only after one compiled ``struct`` call has
+read back every key length and key of the file and found them equal: a file is never read
+with a layout that is not exactly its own.
+
+A file nobody has seen the like of is split into keys by a regular expression (C speed)
+and checked the same way; if that fails (a help text with ``]`` in it, damage), the
+entries are walked one by one with :func:`dbfile.iter_entries`, which raises
+:class:`dbfile.CorruptFile` on anything that is not the format.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from collections.abc import Callable
+from itertools import accumulate
+from typing import Any
+
+from netpoint_metrics.core import dbfile
+
+log = logging.getLogger(__name__)
+
+Unpack = Callable[[bytes], tuple[Any, ...]]
+
+# A key is JSON of [metric, sample, labels, help]: it starts with '["' (which an entry's
+# length bytes never hold) and, unless a string holds ']', ends at the first ']'. Taking
+# the padding and the 16 value bytes along keeps the scan out of the value bytes. The
+# bound on the key length keeps the scan linear on any input (garbage full of '["' and no
+# ']' would otherwise cost the square of its size); longer keys are found by walking. The
+# keys found are only candidates: Layout.fits reads every length and key back.
+_KEY_RE = re.compile(rb'(?s)(\["[^\]]{0,1022}\]) {1,8}.{16}')
+_HEADER = 8
+#: Layouts kept before starting over; the reader also drops those of vanished files.
+_MAX_LAYOUTS = 4096
+
+
+def _pad(klen: int) -> int:
+    """Spaces after a key of ``klen`` bytes (prometheus-client pads to 8, 1 to 8 of them)."""
+    return 8 - (klen + 4) % 8
+
+
+class _ByLength(dict[int, str]):
+    """struct format of one entry by key length: length, key, padding, value, timestamp."""
+
+    def __missing__(self, klen: int) -> str:
+        if len(self) > 65536:  # damaged files can bring any lengths
+            self.clear()
+        fmt = self[klen] = f"i{klen}s{_pad(klen)}x2d"
+        return fmt
+
+
+class _SizeByLength(dict[int, int]):
+    def __missing__(self, klen: int) -> int:
+        if len(self) > 65536:
+            self.clear()
+        size = self[klen] = 4 + klen + _pad(klen) + 16
+        return size
+
+
+_ENTRY_FMT = _ByLength()
+_ENTRY_SIZE = _SizeByLength()
+_structs: dict[str, struct.Struct] = {}
+
+
+def _compiled(fmt: str) -> struct.Struct:
+    """Compile a format once per process: files with the same key lengths share it."""
+    st = _structs.get(fmt)
+    if st is None:
+        if len(_structs) > 4096:
+            _structs.clear()
+        st = _structs[fmt] = struct.Struct(fmt)
+    return st
+
+
+Read = tuple[tuple[float, ...], tuple[float, ...]]  # (values, timestamps) of one file
+
+
+class Layout:
+    """The keys of a file in order, and compiled reads of its values.
+
+    :meth:`fits` reads a file's key lengths, keys, values and timestamps in one call and
+    says whether they are this layout's; :meth:`unpack_values` reads just the values of a
+    file already known to have it. ``check_at``/``check`` is the last key at its offset:
+    a cheap guard used with the inode and size to recognise a file seen before. Formats
+    are compiled on first use: most layouts learned in a scrape are read once.
+
+    ``slots``, ``vapp`` and ``tapp`` belong to the series table
+    (:mod:`.series`): which series each value is, bound once per layout.
+    """
+
+    __slots__ = (
+        "keys",
+        "lens",
+        "used",
+        "_all",
+        "_values",
+        "_pairs",
+        "check_at",
+        "check",
+        "_probes",
+        "slots",
+        "vapp",
+        "tapp",
+    )
+
+    def __init__(self, keys: tuple[bytes, ...], used: int) -> None:
+        self.keys = keys
+        self.lens = tuple(map(len, keys))
+        self.used = used
+        self._all: Unpack | None = None
+        self._values: Unpack | None = None
+        self._pairs: Unpack | None = None
+        last = keys[-1] if keys else b""
+        self.check_at = used - 16 - _pad(len(last)) - len(last)
+        self.check = last
+        # A few keys at their offsets: files of one kind often differ only in key order,
+        # and comparing these rules most wrong candidates out before the full check.
+        starts = list(accumulate(map(_ENTRY_SIZE.__getitem__, self.lens), initial=_HEADER))
+        n = len(keys)
+        self._probes = tuple(
+            (starts[i] + 4, keys[i]) for i in sorted({n // 4, n // 2, (3 * n) // 4}) if i < n
+        )
+        self.slots: tuple[int, ...] | None = None
+        self.vapp: tuple[Callable[[float], None], ...] | None = None
+        self.tapp: tuple[Callable[[float], None], ...] | None = None
+
+    def fits(self, data: bytes) -> Read | None:
+        """(values, timestamps) if ``data`` has exactly these keys, else None."""
+        if len(data) < self.used or not self.same_file(data):
+            return None  # the length test keeps unpack_from in bounds
+        for at, key in self._probes:
+            if data[at : at + len(key)] != key:
+                return None
+        if self._all is None:
+            body = "".join(map(_ENTRY_FMT.__getitem__, self.lens))
+            self._all = _compiled("=8x" + body).unpack_from
+        raw = self._all(data)
+        if raw[1::4] != self.keys or raw[0::4] != self.lens:
+            return None
+        return raw[2::4], raw[3::4]
+
+    def same_file(self, data: bytes) -> bool:
+        """The cheap check for a file already read with this layout (same inode and size)."""
+        return data[self.check_at : self.check_at + len(self.check)] == self.check
+
+    def unpack_values(self, data: bytes) -> tuple[float, ...]:
+        if self._values is None:
+            body = "".join(f"{4 + k + _pad(k)}xd8x" for k in self.lens)
+            self._values = _compiled("=8x" + body).unpack_from
+        return self._values(data)
+
+    def unpack_pairs(self, data: bytes) -> tuple[float, ...]:
+        """(value0, ts0, value1, ts1, ...)."""
+        if self._pairs is None:
+            body = "".join(f"{4 + k + _pad(k)}x2d" for k in self.lens)
+            self._pairs = _compiled("=8x" + body).unpack_from
+        return self._pairs(data)
+
+
+class LayoutCache:
+    """Layouts by kind of file, used size and last key, shared by every file of that kind.
+
+    Keyed by the file's prefix (``counter``, ``gauge_max``, ...) because a layout carries
+    its series slots, and the same key is a different series in a different kind of file.
+    Workers' files of one kind usually have the same size (the same keys in a different
+    order), so the last key (at its offset) picks the candidates; :meth:`Layout.fits`
+    decides.
+    """
+
+    def __init__(self) -> None:
+        # (prefix, used) -> (offset, length) of a last key -> that key -> layouts
+        self._index: dict[tuple[str, int], dict[tuple[int, int], dict[bytes, list[Layout]]]] = {}
+        self._count = 0
+        self.built = 0  # layouts learned from scratch, for tests and the benchmark
+
+    def find(self, prefix: str, data: bytes, used: int) -> tuple[Layout, Read]:
+        """The layout of ``data`` and its values; raises dbfile.CorruptFile."""
+        lasts = self._index.get((prefix, used))
+        if lasts:
+            for (at, n), by_key in lasts.items():
+                cands = by_key.get(data[at : at + n])
+                if cands:
+                    for layout in cands:
+                        got = layout.fits(data)
+                        if got is not None:
+                            return layout, got
+        layout, got = _learn(data, used)
+        if self._count >= _MAX_LAYOUTS:
+            self.clear()
+        self._add(prefix, layout)
+        self.built += 1
+        return layout, got
+
+    def _add(self, prefix: str, layout: Layout) -> None:
+        lasts = self._index.setdefault((prefix, layout.used), {})
+        by_key = lasts.setdefault((layout.check_at, len(layout.check)), {})
+        by_key.setdefault(layout.check, []).append(layout)
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def keep_only(self, keep: list[tuple[str, Layout]]) -> None:
+        """Forget every layout but these (prefix, layout): those of files that still exist."""
+        self.clear()
+        for prefix, layout in {id(lay): (p, lay) for p, lay in keep}.values():
+            self._add(prefix, layout)
+
+    def layouts(self) -> list[Layout]:
+        return [
+            layout
+            for lasts in self._index.values()
+            for by_key in lasts.values()
+            for cands in by_key.values()
+            for layout in cands
+        ]
+
+    def clear(self) -> None:
+        self._index.clear()
+        self._count = 0
+
+
+def _learn(data: bytes, used: int) -> tuple[Layout, Read]:
+    """Work out the layout of a file never seen before, and read its values."""
+    keys = tuple(_KEY_RE.findall(data, _HEADER, used))
+    if keys and _HEADER + sum(map(_ENTRY_SIZE.__getitem__, map(len, keys))) == used:
+        layout = Layout(keys, used)
+        got = layout.fits(data)  # every length and key read back where the keys say
+        if got is not None:
+            return layout, got
+    # The slow, exact way: follow each entry's length.
+    walked = tuple(key for key, _ in dbfile.iter_entries(data, used))
+    layout = Layout(walked, used)
+    got = layout.fits(data)
+    if got is None:  # cannot happen for what iter_entries accepted; never trust it blindly
+        raise dbfile.CorruptFile("entries do not read back as walked")
+    return layout, got

@@ -1,0 +1,187 @@
+"""The series table: every series a collector has met, numbered, with its value lists.
+
+A series is what the stock collector would key a sample by before adding processes up:
+kind, gauge mode, metric, sample name, labels and, for ``all`` gauges, the process. Each
+has a number (its slot), one list of the values read for it in the current scrape and one
+of their timestamps. The lists live as long as the table, so a :class:`~.layouts.Layout`
+can hold their bound ``append`` methods and reading a file into them is one C-level
+``map``, with no Python loop per value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from netpoint_metrics.core import dbfile
+from netpoint_metrics.core.layouts import Layout
+
+log = logging.getLogger(__name__)
+
+Labels = tuple[tuple[str, str], ...]
+Append = Callable[[float], None]
+PID_MODES = frozenset({"all", "liveall"})
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What building a series' samples needs, worked out once when the series appears.
+
+    ``group`` is what stock groups samples by: labels without ``pid`` (or with it, for
+    "all" gauges) and, for histogram buckets, without ``le``, whose bound is ``le``.
+    """
+
+    kind: str
+    mode: str
+    metric_name: str
+    help_text: str
+    name: str
+    group: Labels
+    le: float | None
+    key: tuple[str, Labels]  # (sample name, group): the sample this series feeds
+
+
+def make_plan(
+    kind: str,
+    mode: str,
+    metric_name: str,
+    name: str,
+    labels: Labels,
+    help_text: str,
+    pid: str | None,
+) -> Plan:
+    le = None
+    group = labels
+    if kind == "gauge" and pid is not None:
+        group = labels + (("pid", pid),)
+    elif kind == "histogram":
+        for k, v in labels:
+            if k == "le":
+                le = float(v)  # ValueError for a bound that is not a number: the file is bad
+                group = tuple(kv for kv in labels if kv[0] != "le")
+                break
+    return Plan(kind, mode, metric_name, help_text, name, group, le, (name, group))
+
+
+class SeriesTable:
+    """Slots by series identity; per slot a plan, a value list and a timestamp list."""
+
+    def __init__(self) -> None:
+        self._slot_of: dict[tuple[str, str, str, str, Labels, str | None], int] = {}
+        self._parsed: dict[bytes, tuple[str, str, Labels, str]] = {}
+        # key bytes -> slot, per (kind, mode, pid): lets a new layout of known keys be bound
+        # with one C-level map instead of a Python loop per key.
+        self._by_key: dict[tuple[str, str, str | None], dict[bytes, int]] = {}
+        self._identities: list[tuple[str, str, str, str, Labels, str | None]] = []
+        self.plans: list[Plan] = []
+        self.values: list[list[float]] = []
+        self.stamps: list[list[float]] = []
+        self.vapp: list[Append] = []
+        self.tapp: list[Append] = []
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def bind(
+        self, kind: str, mode: str, layout: Layout, pid: str | None
+    ) -> tuple[tuple[int, ...], tuple[Append, ...], tuple[Append, ...]]:
+        """The slot of each value of a file with this layout, and their appenders.
+
+        For every kind but "all" gauges (``pid`` given) the answer depends on the layout
+        alone and is kept on it, so the next file with that layout costs nothing. Raises
+        dbfile.CorruptFile for a key that is not prometheus-client's.
+        """
+        bound = layout.slots, layout.vapp, layout.tapp
+        if pid is None and bound[0] is not None and bound[1] is not None and bound[2] is not None:
+            return bound[0], bound[1], bound[2]
+        by_key = self._by_key.get((kind, mode, pid))
+        if by_key is None:
+            by_key = self._by_key[(kind, mode, pid)] = {}
+        try:
+            slots = tuple(map(by_key.__getitem__, layout.keys))
+        except KeyError:
+            slots = self._new_keys(kind, mode, layout.keys, pid, by_key)
+        vapp = tuple(map(self.vapp.__getitem__, slots))
+        tapp = tuple(map(self.tapp.__getitem__, slots))
+        if pid is None:
+            layout.slots, layout.vapp, layout.tapp = slots, vapp, tapp
+        return slots, vapp, tapp
+
+    def _new_keys(
+        self,
+        kind: str,
+        mode: str,
+        keys: tuple[bytes, ...],
+        pid: str | None,
+        by_key: dict[bytes, int],
+    ) -> tuple[int, ...]:
+        """Slots of keys some of which are new: parse them and add their series."""
+        out = []
+        for key in keys:
+            slot_of_key = by_key.get(key)
+            if slot_of_key is not None:
+                out.append(slot_of_key)
+                continue
+            p = self._parsed.get(key)
+            if p is None:
+                p = self._parsed[key] = dbfile.parse_key(key)
+            metric_name, name, labels, help_text = p
+            skey = (kind, mode, metric_name, name, labels, pid)
+            slot = self._slot_of.get(skey)
+            if slot is None:
+                try:
+                    plan = make_plan(kind, mode, metric_name, name, labels, help_text, pid)
+                except ValueError as exc:
+                    raise dbfile.CorruptFile(f"bad histogram bound in {key[:80]!r}") from exc
+                slot = self._add(skey, plan)
+            by_key[key] = slot
+            out.append(slot)
+        return tuple(out)
+
+    def _add(self, skey: tuple[str, str, str, str, Labels, str | None], plan: Plan) -> int:
+        slot = len(self.plans)
+        self._slot_of[skey] = slot
+        self._identities.append(skey)
+        self.plans.append(plan)
+        v: list[float] = []
+        t: list[float] = []
+        self.values.append(v)
+        self.stamps.append(t)
+        self.vapp.append(v.append)
+        self.tapp.append(t.append)
+        return slot
+
+    def clear_values(self) -> None:
+        for lst in self.values:
+            lst.clear()
+        for lst in self.stamps:
+            lst.clear()
+
+    def needs_compaction(self, in_use: int) -> bool:
+        """True when far more slots exist than are in use (ids of "all" gauges never return)."""
+        return len(self.plans) > 4 * in_use + 4096
+
+    def compact(self, order: list[int]) -> list[int]:
+        """Keep only the slots in ``order`` (with their values), renumbered 0..n-1.
+
+        Every layout's bound slots become stale: the caller must forget them.
+        """
+        keep = [
+            (self._identities[s], self.plans[s], self.values[s][:], self.stamps[s][:])
+            for s in order
+        ]
+        self._slot_of.clear()
+        self._by_key.clear()
+        self._identities.clear()
+        self._parsed.clear()
+        self.plans.clear()
+        self.values.clear()
+        self.stamps.clear()
+        self.vapp.clear()
+        self.tapp.clear()
+        for skey, plan, vals, stamps in keep:
+            slot = self._add(skey, plan)
+            self.values[slot].extend(vals)
+            self.stamps[slot].extend(stamps)
+        return list(range(len(keep)))
