@@ -68,6 +68,10 @@ class CollectStats:
     last_duration: float = 0.0
     #: Collects run by this collector.
     collects_total: int = 0
+    #: Identifiers of every lease file the last collect's listing saw (alive or not).
+    lease_idents: tuple[str, ...] = ()
+    #: Files set aside as ``corrupt-*.bad`` in that listing.
+    quarantined: int = 0
 
 
 @dataclass
@@ -124,6 +128,8 @@ class DirectoryCollector:
         self._dead: set[str] = set()  # our identifiers are never reused: dead stays dead
         self._frozen = _Frozen()
         self.stats = CollectStats()
+        self._lease_idents: list[str] = []
+        self._quarantined = 0
 
     @property
     def _layouts(self) -> dict[str, Layout]:
@@ -160,6 +166,8 @@ class DirectoryCollector:
                 unreadable_total=total,
                 last_duration=time.perf_counter() - t0,
                 collects_total=self.stats.collects_total + 1,
+                lease_idents=tuple(self._lease_idents),
+                quarantined=self._quarantined,
             )
         return metrics
 
@@ -208,10 +216,19 @@ class DirectoryCollector:
             entries = [(e.name, e.inode()) for e in it]
         if len(self._names) > 2 * len(entries) + 1024:
             self._names.clear()
+        # The same listing tells the self-metrics which leases and set-aside files exist.
+        self._lease_idents = []
+        self._quarantined = 0
         for filename, inode in entries:
             parsed = self._names.get(filename)
             if parsed is None:
                 if not filename.endswith(".db"):
+                    if filename.startswith(names.LEASE_PREFIX):
+                        ident = names.parse_lease_name(filename)
+                        if ident is not None:
+                            self._lease_idents.append(ident)
+                    elif filename.startswith(names.QUARANTINE_PREFIX):
+                        self._quarantined += 1
                     continue
                 parsed = names.parse_db_name(filename)
                 if parsed is None:
