@@ -20,3 +20,15 @@ def server_factory(tmp_path):
     yield start
     for srv in started:
         srv.stop()
+
+
+#: Modules whose real-server tests stay in the fast tier: one smoke test per server.
+FAST_SERVER_MODULES = {"test_foundation_servers"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Real-server tests belong to the full suite, not the fast tier (``make test-fast``)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if "server_factory" in item.fixturenames and module not in FAST_SERVER_MODULES:
+            item.add_marker(pytest.mark.slow)

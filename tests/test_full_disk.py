@@ -21,7 +21,12 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from tests import servers
+
+# Real servers for every test: the full suite only, not the fast tier.
+pytestmark = pytest.mark.slow
 
 API = "rest_api_requests_total_by_view_method_total"
 API_LABELS = {"view": "device-list", "method": "GET"}

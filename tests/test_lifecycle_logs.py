@@ -15,10 +15,15 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from netpoint_metrics.core import archive, events, lifecycle
 from tests import servers
 from tests.core_support import FakeProcess, key
 from tests.test_soak_servers import children
+
+# Real servers for every test: the full suite only, not the fast tier.
+pytestmark = pytest.mark.slow
 
 EVENT = re.compile(r"\[(?P<level>[A-Z]+)\] netpoint-metrics event=(?P<event>\w+)(?P<rest>.*)$")
 
