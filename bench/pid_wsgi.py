@@ -17,6 +17,8 @@ def _collect_ms() -> str | None:
 
         registry = views._registry[2] if views._registry else None
         for collector in getattr(registry, "_collector_to_names", {}):
+            # The view wraps the directory collector in its self-metrics collector.
+            collector = getattr(collector, "inner", collector)
             stats = getattr(collector, "stats", None)
             if stats is not None:
                 return f"{stats.last_duration * 1000:.3f}"

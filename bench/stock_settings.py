@@ -21,6 +21,7 @@ MIDDLEWARE = [
         "netpoint_metrics.netbox_metrics.", "django_prometheus.middleware."
     )
     for m in _SAMPLE_MIDDLEWARE
+    if m != "netpoint_metrics.middleware.NetpointMetricsMiddleware"  # it serves our /metrics
 ]
 DATABASES = {
     alias: {**db, "ENGINE": db["ENGINE"].replace("netpoint_metrics.db.", "django_prometheus.db.")}
