@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from tests import prometheus, servers
+from tests.servers import children
 
 pytestmark = pytest.mark.soak
 
@@ -62,21 +63,6 @@ QUIET_ALERTS = {
     "NetpointMetricsQuarantinedFiles",
     "NetpointHigh5xxRate",
 }
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out.extend(int(x) for x in f.read().split())
-        except OSError:
-            pass
-    return out
 
 
 class Traffic(threading.Thread):
@@ -171,10 +157,7 @@ def wait_synced(
 def panel_queries() -> list[tuple[str, str]]:
     dash = json.loads(DASHBOARD.read_text())
     return [
-        (p["title"], t["expr"])
-        for p in dash["panels"]
-        if p["type"] != "row"
-        for t in p["targets"]
+        (p["title"], t["expr"]) for p in dash["panels"] if p["type"] != "row" for t in p["targets"]
     ]
 
 
@@ -272,6 +255,7 @@ def run(
         (42.0, lambda: (os.kill(gun.pid, signal.SIGHUP), write_fifo(fifo, b"c"))),
         (52.0, kill_one_each),
     ]
+
     def sent(inst: str) -> int:
         return sum(t.site_ok + t.site_failed for t in loads[inst])
 

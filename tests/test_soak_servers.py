@@ -20,27 +20,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import servers
+from tests.servers import children
 
 pytestmark = pytest.mark.soak
 
 WORKERS = 4
 BOUND = 8 * WORKERS + 32
 VIEW = "django_http_requests_total_by_view_transport_method_total"
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out.extend(int(x) for x in f.read().split())
-        except OSError:
-            pass
-    return out
 
 
 def monotone_samples(text: str) -> dict:
