@@ -48,6 +48,9 @@ LEASE_PREFIX = "lease_"
 LEASE_SUFFIX = ".lock"
 LEASE_TMP_PREFIX = ".netpoint-lease-"
 QUARANTINE_PREFIX = "corrupt-"
+#: The shared key order of one kind of value file (:mod:`.keyorder`).
+ORDER_PREFIX = "netpoint-order-"
+ORDER_SUFFIX = ".keys"
 
 # Our identifiers are "<pid>-<nonce>"; plain "<pid>" is what a stock client writes.
 _IDENT_RE = re.compile(r"^(?P<pid>[0-9]{1,10})(?:-(?P<nonce>[0-9a-f]{6,32}))?$")
@@ -156,4 +159,5 @@ def is_ours(filename: str) -> bool:
         or filename in (LOCK_FILE, MANIFEST_FILE, OWNER_FILE, OWNER_LOCK_FILE)
         or filename.startswith((TMP_PREFIX, LEASE_TMP_PREFIX))
         or (filename.startswith(QUARANTINE_PREFIX) and filename.endswith(".bad"))
+        or (filename.startswith(ORDER_PREFIX) and filename.endswith(ORDER_SUFFIX))
     )

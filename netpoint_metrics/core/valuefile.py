@@ -38,6 +38,8 @@ import secrets
 import struct
 from typing import Any, Protocol
 
+from netpoint_metrics.core.keyorder import KeyOrder
+
 log = logging.getLogger(__name__)
 
 #: Same first size as prometheus-client (``mmap_dict._INITIAL_MMAP_SIZE``).
@@ -168,22 +170,42 @@ def _create(path: str) -> int:
 
 
 class ValueFile:
-    """The writer side of one ``.db`` file. Not thread safe: the caller holds its lock."""
+    """The writer side of one ``.db`` file. Not thread safe: the caller holds its lock.
 
-    __slots__ = ("path", "view", "users", "_fd", "_mmap", "_capacity", "_used", "_positions")
+    With an ``order`` (:class:`~.keyorder.KeyOrder`), a new key brings along every key of
+    the shared order before it that this file lacks, so the files of all processes are
+    prefixes of one key sequence and readers meet few layouts.
+    """
+
+    __slots__ = (
+        "path",
+        "view",
+        "users",
+        "order",
+        "_cursor",
+        "_fd",
+        "_mmap",
+        "_capacity",
+        "_used",
+        "_positions",
+    )
     path: str
     view: Any  # memoryview cast to float64 ("d")
     users: list[Bindable]
+    order: KeyOrder | None
+    _cursor: int  # keys of the shared order this file has been given so far
     _fd: int
     _mmap: mmap.mmap
     _capacity: int
     _used: int
     _positions: dict[str, int]
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, order: KeyOrder | None = None) -> None:
         """Open ``path``, creating it reserved if missing; ``OSError`` if there is no space."""
         self.path = path
         self.users: list[Bindable] = []
+        self.order = order
+        self._cursor = 0
         self._positions: dict[str, int] = {}
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -230,30 +252,51 @@ class ValueFile:
             pos += 16
         self._used = pos if pos <= self._used else self._used
 
-    def index(self, key: str) -> int:
+    def index(self, key: str, *, ordered: bool = True) -> int:
         """The float64 index of ``key``'s value (its timestamp is the next one).
 
-        Adds the entry if new, reserving more space first when needed; raises ``OSError``
-        (ENOSPC and friends) when the disk cannot give it, leaving the file unchanged.
+        Adds the entry if new (after the keys of the shared order it comes behind, when
+        there is one and ``ordered``), reserving more space first when needed; raises
+        ``OSError`` (ENOSPC and friends) when the disk cannot give it, leaving the file
+        unchanged.
         """
         pos = self._positions.get(key)
         if pos is None:
-            pos = self._append(key)
+            if ordered and self.order is not None:
+                keys, cursor = self.order.sequence(key, self._cursor)
+                try:
+                    self._append(keys)
+                    self._cursor = cursor
+                except OSError:
+                    if len(keys) == 1:
+                        raise
+                    # No room for the zeros: this key alone, if it fits (below).
+                if key not in self._positions:
+                    self._append([key])
+            else:
+                self._append([key])
+            pos = self._positions[key]
         return pos // 8
 
-    def _append(self, key: str) -> int:
-        entry = _entry(key)
-        end = self._used + len(entry)
+    def _append(self, keys: list[str]) -> None:
+        """Append entries for the keys not in the file yet, then publish them at once."""
+        new = [k for k in dict.fromkeys(keys) if k not in self._positions]
+        if not new:
+            return
+        entries = [_entry(k) for k in new]
+        start = self._used
+        end = start + sum(map(len, entries))
         if end > self._capacity:
             self._grow(end)
-        start = self._used
-        self._mmap[start:end] = entry
+        self._mmap[start:end] = b"".join(entries)
         self._used = end
-        # The stock writer updates "used" after the entry, with a slice store; so do we.
+        # The stock writer updates "used" after the entries, with a slice store; so do we:
+        # a reader sees all of them or none.
         self._mmap[0:4] = _INT.pack(end)
-        pos = end - 16
-        self._positions[key] = pos
-        return pos
+        pos = start
+        for k, e in zip(new, entries, strict=True):
+            pos += len(e)
+            self._positions[k] = pos - 16
 
     def _grow(self, need: int) -> None:
         capacity = self._capacity

@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from netpoint_metrics.core.keyorder import ORDERED_PREFIXES, KeyOrder
 from netpoint_metrics.core.valuefile import SPACE_ERRNOS, ValueFile, mmap_key
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,22 @@ class _State:
         self.dropped_index = -1
         self.generation = 0
         self.pid = os.getpid()
+        self.shared_order = True
+        self.orders: dict[str, KeyOrder] = {}
+
+    def order_for(self, prefix: str) -> KeyOrder | None:
+        """The shared key order of ``prefix`` files (:mod:`.keyorder`), if they use one."""
+        if not self.shared_order or prefix not in ORDERED_PREFIXES:
+            return None
+        order = self.orders.get(prefix)
+        if order is None:
+            order = self.orders[prefix] = KeyOrder(_directory(), prefix)
+        return order
+
+    def forget_orders(self) -> None:
+        for order in self.orders.values():
+            order.close()
+        self.orders.clear()
 
 
 def _directory() -> str:
@@ -110,12 +127,14 @@ def _fork_guard() -> tuple[Any, bool]:
         return bytearray(b"\x01"), False
 
 
-def make_value_class(process_identifier: Callable[[], str]) -> type:
+def make_value_class(process_identifier: Callable[[], str], *, shared_order: bool = True) -> type:
     """A ``ValueClass`` for prometheus-client writing files named by ``process_identifier``.
 
     Install it as ``prometheus_client.values.ValueClass`` before any metric is created.
+    ``shared_order=False`` writes keys in first-use order, as stock (see :mod:`.keyorder`).
     """
     state = _State(process_identifier)
+    state.shared_order = shared_order
     guard, _ = _fork_guard()
 
     def file_for(prefix: str) -> ValueFile:
@@ -126,7 +145,8 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         f = state.files.get(prefix)
         if f is None:
             ident = state.process_identifier()
-            f = ValueFile(os.path.join(_directory(), f"{prefix}_{ident}.db"))
+            path = os.path.join(_directory(), f"{prefix}_{ident}.db")
+            f = ValueFile(path, state.order_for(prefix))
             state.files[prefix] = f
             if prefix == "counter":
                 bind_dropped(f)
@@ -134,7 +154,9 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
 
     def bind_dropped(f: ValueFile) -> None:
         key = mmap_key(DROPPED_NAME, DROPPED_NAME + "_total", (), (), DROPPED_HELP)
-        index = f.index(key)  # a fresh file: lands in the space reserved at creation
+        # A fresh file: lands in the space reserved at creation, first, in every process
+        # (so outside the shared order, which could ask for more room than is reserved).
+        index = f.index(key, ordered=False)
         state.dropped_file, state.dropped_index = f, index
         f.view[index] = float(state.dropped)
 
@@ -335,6 +357,7 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
                     user.__class__ = SlowValue
                 f.close()
             state.files.clear()
+            state.forget_orders()
             state.values.clear()
             state.dropped_file = None
 
@@ -354,6 +377,7 @@ def make_value_class(process_identifier: Callable[[], str]) -> type:
         for f in state.files.values():
             f.forget()
         state.files.clear()
+        state.forget_orders()
         state.stale = True
         state.dropped = 0
         state.dropping = False
