@@ -43,6 +43,7 @@ INT_SETTINGS: dict[str, int] = {
     "NETPOINT_TIMEOUT": 0,
     "NETPOINT_GRACEFUL_TIMEOUT": 0,
     "NETPOINT_MIN_WORKER_LIFETIME": 0,
+    "NETPOINT_METRICS_WARM_EVERY": 0,
 }
 
 #: Supported versions, ``[floor, ceiling)``: the same ranges as ``pyproject.toml``'s

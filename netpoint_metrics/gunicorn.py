@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Any
 
-from netpoint_metrics import bootstrap, exits, private_dir
+from netpoint_metrics import bootstrap, exits, private_dir, warmup
 from netpoint_metrics.core import directory, events, identity, lifecycle, ownership
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def post_fork(server: Any, worker: Any) -> None:
             exits.gunicorn_post_fork(server, worker)
         except Exception:
             server.log.exception("netpoint-metrics: worker identity failed")
+        warmup.start()
 
 
 def pre_fork(server: Any, worker: Any) -> None:

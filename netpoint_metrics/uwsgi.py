@@ -24,7 +24,7 @@ from typing import Any
 
 import uwsgi  # only importable inside a uWSGI process
 
-from netpoint_metrics import bootstrap, config, exits, private_dir
+from netpoint_metrics import bootstrap, config, exits, private_dir, warmup
 from netpoint_metrics.core import events, identity, lifecycle
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ def _worker_begins() -> None:
             lifecycle.worker_died(path)
         except Exception:
             log.exception("netpoint-metrics: worker start-up step failed")
+        if not uwsgi.mule_id():  # mules serve no scrapes
+            warmup.start()
     if _lazy_apps():
         application.load()
 

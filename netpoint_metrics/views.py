@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 FOLD_EVERY = 15.0
 
 _lock = threading.Lock()
-_registry: tuple[int, str, CollectorRegistry] | None = None
+_registry: tuple[int, str, CollectorRegistry, DirectoryCollector] | None = None
 _single_migrations: MigrationCollector | None = None
 
 
@@ -46,12 +46,22 @@ def get_registry() -> CollectorRegistry:
             return REGISTRY
         if _registry is None or _registry[:2] != (os.getpid(), path):
             registry = new_registry()
+            directory = DirectoryCollector(path)
             # The wrapper adds self-metrics and per-process metrics, and runs the
             # opportunistic folds itself so that they are counted like the servers' own.
-            registry.register(ScrapeCollector(DirectoryCollector(path), fold_every=FOLD_EVERY))
+            registry.register(ScrapeCollector(directory, fold_every=FOLD_EVERY))
             registry.register(MigrationCollector())
-            _registry = (os.getpid(), path, registry)
+            _registry = (os.getpid(), path, registry, directory)
         return _registry[2]
+
+
+def directory_collector() -> DirectoryCollector | None:
+    """This process's directory collector (the one ``/metrics`` reads through), if any."""
+    if not metrics_enabled():
+        return None
+    get_registry()
+    current = _registry
+    return current[3] if current is not None and current[0] == os.getpid() else None
 
 
 def access_denied(request) -> HttpResponse | None:

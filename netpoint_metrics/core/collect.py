@@ -130,6 +130,9 @@ class DirectoryCollector:
         self.stats = CollectStats()
         self._lease_idents: list[str] = []
         self._quarantined = 0
+        #: ``time.monotonic()`` of the last collect (None before the first): how long the
+        #: caches have gone without a read (see :mod:`netpoint_metrics.warmup`).
+        self.last_collect: float | None = None
 
     @property
     def _layouts(self) -> dict[str, Layout]:
@@ -143,6 +146,7 @@ class DirectoryCollector:
         return {"files": s.files, "skipped": s.unreadable, "seconds": s.last_duration}
 
     def collect(self) -> list[Metric]:
+        self.last_collect = time.monotonic()
         t0 = time.perf_counter()
         if self.fold_every is not None and t0 - self._last_fold >= self.fold_every:
             self._last_fold = t0

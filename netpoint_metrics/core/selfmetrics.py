@@ -59,6 +59,7 @@ class _Metrics:
     worker_exits: Counter
     collect_seconds: Histogram
     unreadable: Counter
+    background: Counter
 
 
 _lock = threading.Lock()
@@ -110,6 +111,11 @@ def _make() -> _Metrics:
         unreadable=Counter(
             "netpoint_metrics_unreadable_files",
             "Value files a scrape skipped because they could not be read (one per file per scrape)",
+            registry=None,
+        ),
+        background=Counter(
+            "netpoint_metrics_background_collects",
+            "Directory reads a worker made between scrapes to keep its scrape cache warm",
             registry=None,
         ),
     )
@@ -172,3 +178,13 @@ def record_collect(seconds: float, unreadable: int = 0) -> None:
             m.unreadable.inc(unreadable)
     except Exception:
         log.debug("could not record a scrape", exc_info=True)
+
+
+def record_background_collect() -> None:
+    """Count one background read of the directory (:mod:`netpoint_metrics.warmup`)."""
+    try:
+        m = _get()
+        if m is not None:
+            m.background.inc()
+    except Exception:
+        log.debug("could not record a background collect", exc_info=True)

@@ -1,0 +1,93 @@
+"""Keeping every worker's scrape cache warm between scrapes.
+
+Prometheus scrapes ``/metrics`` every 15 to 60 seconds and the server hands each scrape to
+whichever worker accepts it: with N workers a worker answers about one scrape in N, and a
+recycled worker has answered none. A collector that has not read the directory lately has
+to learn the files' layouts and series first (the cold scrape, about twice a warm one).
+So each worker reads the directory in a background thread a few seconds after it starts,
+and again whenever it has gone ``NETPOINT_METRICS_WARM_EVERY`` seconds (default 30; 0
+turns this off) without reading it, and whichever worker gets the scrape finds its cache
+warm.
+
+The cost is bounded and small: at most one read per worker per period, none at all in a
+worker that is scraped more often than that (a warm read of 48 workers' files takes a few
+milliseconds). A read holds the directory's shared lock like a scrape; a fold in the
+master never waits for it (it retries later). The thread is a daemon: it never delays a
+worker's exit, and nothing it does can fail a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+
+from netpoint_metrics import config
+
+log = logging.getLogger(__name__)
+
+ENV = "NETPOINT_METRICS_WARM_EVERY"
+DEFAULT_EVERY = 30
+#: Seconds after the worker starts before the first read (plus up to as much again at
+#: random, so workers started together do not read together): the application loads first.
+FIRST_DELAY = 2.0
+
+_started_pid: int | None = None
+_guard = threading.Lock()
+
+
+def every() -> float | None:
+    """The period in seconds, None when turned off (the start-up check refuses bad values)."""
+    try:
+        value = config.env_int(ENV, DEFAULT_EVERY)
+    except config.SettingError as exc:
+        log.warning("netpoint-metrics: %s; using %d", exc, DEFAULT_EVERY)
+        value = DEFAULT_EVERY
+    return float(value) if value > 0 else None
+
+
+def start() -> bool:
+    """Start this process's warm-up thread once (a forked child starts its own)."""
+    global _started_pid
+    period = every()
+    if period is None:
+        return False
+    with _guard:
+        if _started_pid == os.getpid():
+            return False
+        _started_pid = os.getpid()
+    thread = threading.Thread(
+        target=_run, args=(period,), name="netpoint-metrics-warmup", daemon=True
+    )
+    thread.start()
+    return True
+
+
+def _run(period: float) -> None:
+    rng = random.Random()
+    time.sleep(FIRST_DELAY * (1.0 + rng.random()))
+    while True:  # a daemon thread: it ends with the process
+        try:
+            warm_once(period)
+        except Exception:  # never let the thread die of a passing problem
+            log.debug("netpoint-metrics: background collect failed", exc_info=True)
+        # Checked twice per period, so a cache is never more than 1.5 periods old.
+        time.sleep(period * (0.5 + 0.1 * rng.random()))
+
+
+def warm_once(period: float) -> bool:
+    """Read the directory if this worker's collector has not read it for ``period`` s."""
+    from netpoint_metrics import views  # here: Django is loaded by the time this runs
+    from netpoint_metrics.core import selfmetrics
+
+    collector = views.directory_collector()
+    if collector is None:
+        return False
+    last = collector.last_collect
+    if last is not None and time.monotonic() - last < period:
+        return False
+    collector.collect()
+    selfmetrics.record_background_collect()
+    return True

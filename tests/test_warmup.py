@@ -1,0 +1,62 @@
+"""Background collects keep every worker's scrape cache warm (:mod:`netpoint_metrics.warmup`).
+
+Real Gunicorn and uWSGI masters with several workers and a short period: every worker
+must read the directory on its own (counted in ``netpoint_metrics_background_collects``)
+while counts stay exact through recycles and folds that happen meanwhile.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from netpoint_metrics import warmup
+from tests import servers
+from tests.servers import total
+
+
+def _background(srv: servers.Server) -> float:
+    return total(srv.scrape(), "netpoint_metrics_background_collects_total")
+
+
+@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
+def test_every_worker_warms_itself_and_counts_stay_exact(server_factory, tmp_path, kind):
+    env = servers.base_env(
+        tmp_path,
+        NETPOINT_METRICS_WARM_EVERY="1",
+        NETPOINT_MAX_REQUESTS="15",
+        NETPOINT_MIN_WORKER_LIFETIME="0",
+    )
+    srv = server_factory(kind, env=env, workers=3)
+    posts = 0
+    for i in range(45):  # several recycles: new workers start their own warm-up
+        status, _, body = srv.request("POST", "/api/devices/", {"name": f"w{i}"})
+        assert status == 201, body[:200]
+        posts += 1
+    # Each of the 3 live workers (and the replaced ones) reads in the background within a
+    # few seconds; scrapes land on one worker at a time and do not count.
+    servers.wait_for(
+        lambda: _background(srv) >= 6,
+        timeout=60,
+        what="background collects in every worker",
+        interval=2.0,  # scrapes count as reads too: leave the workers idle in between
+    )
+    samples = srv.scrape()
+    assert total(samples, "django_http_requests_total_by_method_total", method="POST") == posts
+    assert total(samples, "django_http_responses_total_by_status_total", status="201") == posts
+    assert "Traceback" not in srv.log_tail(400)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("0", None), ("5", 5.0), ("", float(warmup.DEFAULT_EVERY))]
+)
+def test_the_period_is_read_from_the_environment(monkeypatch, raw, expected):
+    monkeypatch.setenv(warmup.ENV, raw)
+    assert warmup.every() == expected
+
+
+@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
+def test_a_bad_period_is_refused_at_start(tmp_path, kind):
+    env = servers.base_env(tmp_path, NETPOINT_METRICS_WARM_EVERY="soon")
+    status, output = servers.run_to_exit(kind, tmp_path, env)
+    assert status != 0
+    assert "NETPOINT_METRICS_WARM_EVERY" in output, output[-500:]
