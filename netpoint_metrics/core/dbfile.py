@@ -58,31 +58,43 @@ def read_snapshot(path: str, hint: int = 0) -> Snapshot | None:
     file one ``pread``. Raises :class:`CorruptFile` when the header cannot be right.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = open_value_file(path)
     except FileNotFoundError:
         return None
     try:
         st = os.fstat(fd)
-        head = os.pread(fd, hint if hint > _PAGE else _PAGE, 0)
-        if not head:
-            # prometheus-client creates the file, then grows it: an empty file is a
-            # process caught between the two (or killed there: the caller decides).
-            return Snapshot(b"", 0, st.st_ino, st.st_size)
-        if len(head) < 8:
-            raise CorruptFile(f"{path}: {len(head)} bytes, shorter than the 8-byte header")
-        used = _INT.unpack_from(head, 0)[0]
-        if used == 0 and not head.strip(b"\0"):
-            return Snapshot(b"", 0, st.st_ino, st.st_size)  # grown, not yet initialised
-        if used < 8 or used > MAX_USED or used > st.st_size:
-            raise CorruptFile(f"{path}: header says {used} bytes used, file has {st.st_size}")
-        data = (
-            head[:used] if used <= len(head) else head + os.pread(fd, used - len(head), len(head))
-        )
-        if len(data) < used:
-            raise CorruptFile(f"{path}: short read ({len(data)} of {used} bytes)")
-        return Snapshot(data, used, st.st_ino, st.st_size)
+        return read_open(fd, path, st.st_ino, hint, st.st_size)
     finally:
         os.close(fd)
+
+
+def open_value_file(path: str) -> int:
+    """A read-only descriptor for a value file (never through a symlink)."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+
+
+def read_open(fd: int, path: str, inode: int, hint: int = 0, size: int | None = None) -> Snapshot:
+    """:func:`read_snapshot` for a file already open as ``fd`` (a kept descriptor).
+
+    Without ``size`` (no ``fstat``), a file shorter than its header says is caught by the
+    short read instead.
+    """
+    head = os.pread(fd, hint if hint > _PAGE else _PAGE, 0)
+    if not head:
+        # prometheus-client creates the file, then grows it: an empty file is a
+        # process caught between the two (or killed there: the caller decides).
+        return Snapshot(b"", 0, inode, 0)
+    if len(head) < 8:
+        raise CorruptFile(f"{path}: {len(head)} bytes, shorter than the 8-byte header")
+    used = _INT.unpack_from(head, 0)[0]
+    if used == 0 and not head.strip(b"\0"):
+        return Snapshot(b"", 0, inode, len(head))  # grown, not yet initialised
+    if used < 8 or used > MAX_USED or (size is not None and used > size):
+        raise CorruptFile(f"{path}: header says {used} bytes used, file has {size}")
+    data = head[:used] if used <= len(head) else head + os.pread(fd, used - len(head), len(head))
+    if len(data) < used:
+        raise CorruptFile(f"{path}: short read ({len(data)} of {used} bytes)")
+    return Snapshot(data, used, inode, size if size is not None else used)
 
 
 def iter_entries(data: bytes, used: int) -> Iterable[tuple[bytes, int]]:

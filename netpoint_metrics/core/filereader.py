@@ -14,7 +14,10 @@ that moment leaves it behind for good, prometheus/client_python#1199).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import resource
 import struct
 from collections.abc import Callable
 
@@ -35,6 +38,71 @@ FileValues = tuple[
 ]
 
 
+def _fd_budget() -> int:
+    """How many value files a reader keeps open: a quarter of the soft descriptor limit,
+    at most 1,024, so a server with a low limit never runs short because of us."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 0
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(0, min(1024, soft // 4))
+
+
+class OpenFiles:
+    """Descriptors of value files kept open between scrapes, by path and inode.
+
+    A scrape reads every live worker's files; with a kept descriptor that is one ``pread``
+    instead of ``open`` + ``fstat`` + ``pread`` + ``close``. A descriptor is used only
+    while the directory listing shows the same inode under the name (a fold deletes, a
+    wipe replaces) and is closed as soon as the name is gone. Reads go through ``pread``,
+    so a descriptor shared with a forked child is harmless.
+    """
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = _fd_budget() if budget is None else budget
+        self._fds: dict[str, tuple[int, int]] = {}  # path -> (fd, inode)
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def get(self, path: str, inode: int) -> int | None:
+        entry = self._fds.get(path)
+        if entry is None:
+            return None
+        if entry[1] == inode:
+            return entry[0]
+        del self._fds[path]  # the name now belongs to another file
+        _close(entry[0])
+        return None
+
+    def keep(self, path: str, fd: int, inode: int) -> bool:
+        """Keep ``fd`` for later reads; False (the caller closes it) when over budget."""
+        if len(self._fds) >= self.budget or path in self._fds:
+            return False
+        self._fds[path] = (fd, inode)
+        return True
+
+    def forget_missing(self, present: set[str]) -> None:
+        if len(self._fds) > len(present) or any(p not in present for p in self._fds):
+            for path in [p for p in self._fds if p not in present]:
+                _close(self._fds.pop(path)[0])
+
+    def close(self) -> None:
+        for fd, _ in self._fds.values():
+            _close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 class FileReader:
     """Reads value files of one directory for one collector."""
 
@@ -43,6 +111,7 @@ class FileReader:
         self.layouts = LayoutCache()
         self._is_alive = is_alive
         self._memo: dict[str, tuple[int, Layout, str]] = {}  # path -> (inode, layout, prefix)
+        self.open_files = OpenFiles()
         self._warned: set[tuple[str, int]] = set()
         # Files found unreadable, by path: (inode, used size). Value files only grow, so
         # the same inode and size is the same damage: skip it without parsing it again.
@@ -61,7 +130,7 @@ class FileReader:
         snap = None
         try:
             memo = self._memo.get(path)
-            snap = dbfile.read_snapshot(path, memo[1].used if memo is not None else 0)
+            snap = self._snapshot(path, listed_inode, memo[1].used if memo is not None else 0)
             if snap is None:
                 return None  # deleted since the directory was listed: a fold or a wipe
             if snap.used == 0:
@@ -93,13 +162,33 @@ class FileReader:
         self.bytes_read += snap.used
         return values
 
+    def _snapshot(self, path: str, listed_inode: int, hint: int) -> dbfile.Snapshot | None:
+        """The file's bytes, through a kept descriptor when there is one for this inode."""
+        fd = self.open_files.get(path, listed_inode)
+        if fd is not None:
+            return dbfile.read_open(fd, path, listed_inode, hint)
+        try:
+            fd = dbfile.open_value_file(path)
+        except FileNotFoundError:
+            return None
+        kept = False
+        try:
+            st = os.fstat(fd)
+            snap = dbfile.read_open(fd, path, st.st_ino, hint, st.st_size)
+            if st.st_ino == listed_inode and snap.used:
+                kept = self.open_files.keep(path, fd, st.st_ino)
+            return snap
+        finally:
+            if not kept:
+                os.close(fd)
+
     def _values(
         self, parsed: names.DbName, layout: Layout, data: bytes, got: Read | None
     ) -> FileValues:
         pid = parsed.ident if parsed.mode in PID_MODES else None
         slots, vapp, tapp = self.table.bind(parsed.kind, parsed.mode, layout, pid)
         if parsed.mode in RECENT_MODES:
-            if got is not None:
+            if got is not None and got[1] is not None:
                 return slots, vapp, tapp, got[0], got[1]
             pairs = layout.unpack_pairs(data)
             return slots, vapp, tapp, pairs[0::2], pairs[1::2]
@@ -129,6 +218,7 @@ class FileReader:
         if len(self._memo) > len(present):
             for path in [p for p in self._memo if p not in present]:
                 del self._memo[path]
+        self.open_files.forget_missing(present)
         if self._bad:
             for path in [p for p in self._bad if p not in present]:
                 del self._bad[path]

@@ -37,6 +37,8 @@ Unpack = Callable[[bytes], tuple[Any, ...]]
 # keys found are only candidates: Layout.fits reads every length and key back.
 _KEY_RE = re.compile(rb'(?s)(\["[^\]]{0,1022}\]) {1,8}.{16}')
 _HEADER = 8
+#: An entry's key length as the writer packs it (native int32, as prometheus-client does).
+_LEN = struct.Struct("i")
 #: Layouts kept before starting over; the reader also drops those of vanished files.
 _MAX_LAYOUTS = 4096
 
@@ -44,16 +46,6 @@ _MAX_LAYOUTS = 4096
 def _pad(klen: int) -> int:
     """Spaces after a key of ``klen`` bytes (prometheus-client pads to 8, 1 to 8 of them)."""
     return 8 - (klen + 4) % 8
-
-
-class _ByLength(dict[int, str]):
-    """struct format of one entry by key length: length, key, padding, value, timestamp."""
-
-    def __missing__(self, klen: int) -> str:
-        if len(self) > 65536:  # damaged files can bring any lengths
-            self.clear()
-        fmt = self[klen] = f"i{klen}s{_pad(klen)}x2d"
-        return fmt
 
 
 class _SizeByLength(dict[int, int]):
@@ -64,7 +56,6 @@ class _SizeByLength(dict[int, int]):
         return size
 
 
-_ENTRY_FMT = _ByLength()
 _ENTRY_SIZE = _SizeByLength()
 _structs: dict[str, struct.Struct] = {}
 
@@ -79,14 +70,15 @@ def _compiled(fmt: str) -> struct.Struct:
     return st
 
 
-Read = tuple[tuple[float, ...], tuple[float, ...]]  # (values, timestamps) of one file
+#: (values, timestamps) of one file; timestamps None when not read (asked for separately).
+Read = tuple[tuple[float, ...], "tuple[float, ...] | None"]
 
 
 class Layout:
     """The keys of a file in order, and compiled reads of its values.
 
-    :meth:`fits` reads a file's key lengths, keys, values and timestamps in one call and
-    says whether they are this layout's; :meth:`unpack_values` reads just the values of a
+    :meth:`fits` reads a file's key lengths and keys in one call, says whether they are
+    this layout's, and if so reads the values; :meth:`unpack_values` reads just the values of a
     file already known to have it. ``check_at``/``check`` is the last key at its offset:
     a cheap guard used with the inode and size to recognise a file seen before. Formats
     are compiled on first use: most layouts learned in a scrape are read once.
@@ -100,6 +92,7 @@ class Layout:
         "lens",
         "used",
         "_all",
+        "_heads",
         "_values",
         "_pairs",
         "check_at",
@@ -115,6 +108,7 @@ class Layout:
         self.lens = tuple(map(len, keys))
         self.used = used
         self._all: Unpack | None = None
+        self._heads: tuple[bytes, ...] = ()
         self._values: Unpack | None = None
         self._pairs: Unpack | None = None
         last = keys[-1] if keys else b""
@@ -132,19 +126,21 @@ class Layout:
         self.tapp: tuple[Callable[[float], None], ...] | None = None
 
     def fits(self, data: bytes) -> Read | None:
-        """(values, timestamps) if ``data`` has exactly these keys, else None."""
+        """(values, None) if ``data`` has exactly these key lengths and keys, else None."""
         if len(data) < self.used or not self.same_file(data):
             return None  # the length test keeps unpack_from in bounds
         for at, key in self._probes:
             if data[at : at + len(key)] != key:
                 return None
         if self._all is None:
-            body = "".join(map(_ENTRY_FMT.__getitem__, self.lens))
+            # Each entry's length and key as one field (value and timestamp skipped):
+            # one object per entry to compare, where reading them apart makes four.
+            body = "".join(f"{4 + k}s{_pad(k)}x16x" for k in self.lens)
             self._all = _compiled("=8x" + body).unpack_from
-        raw = self._all(data)
-        if raw[1::4] != self.keys or raw[0::4] != self.lens:
+            self._heads = tuple(_LEN.pack(len(k)) + k for k in self.keys)
+        if self._all(data) != self._heads:
             return None
-        return raw[2::4], raw[3::4]
+        return self.unpack_values(data), None
 
     def same_file(self, data: bytes) -> bool:
         """The cheap check for a file already read with this layout (same inode and size)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from netpoint_metrics.core import dbfile
 from netpoint_metrics.core.layouts import Layout
@@ -24,12 +24,13 @@ Append = Callable[[float], None]
 PID_MODES = frozenset({"all", "liveall"})
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     """What building a series' samples needs, worked out once when the series appears.
 
     ``group`` is what stock groups samples by: labels without ``pid`` (or with it, for
     "all" gauges) and, for histogram buckets, without ``le``, whose bound is ``le``.
+    A named tuple, not a dataclass: a worker's first scrape makes one per series, and a
+    frozen dataclass costs several times more to make.
     """
 
     kind: str
