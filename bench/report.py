@@ -92,6 +92,24 @@ def table(r: dict, source: str) -> str:
                 if h.get("collect_cold") and h.get("collect_warm")
                 else ""
             ),
+            *(
+                [
+                    "",
+                    f"The same with background warm-up off (`NETPOINT_METRICS_WARM_EVERY=0`: "
+                    f"a worker's first scrape really is its first read of the directory): "
+                    f"cold {mmm(h0['cold'])} ms, warm {mmm(h0['warm'])} ms, stock alone "
+                    f"{mmm(h0['stock_inprocess'])} ms: cold **{h0['speedup_cold']:.1f}x** "
+                    f"faster than stock, cold / warm {h0['cold_over_warm']:.2f}"
+                    + (
+                        f"; collecting inside the worker {mmm(h0['collect_cold'])} ms cold, "
+                        f"{mmm(h0['collect_warm'])} ms warm."
+                        if h0.get("collect_cold") and h0.get("collect_warm")
+                        else "."
+                    ),
+                ]
+                if (h0 := b2.get("http_no_warmup"))
+                else []
+            ),
             "",
             "Live workers' files (in-process, copies of those workers' files with their "
             "leases held):",
@@ -111,7 +129,7 @@ def table(r: dict, source: str) -> str:
         out += [
             f"**B3 — throughput, metrics on vs off vs the stock recipe (wrk 1 thread, 8 "
             f"connections, {b3['seconds_per_run']} s per run, {b3['rounds']} alternating "
-            "rounds, 4 workers), and memory**",
+            f"rounds, {b3.get('workers', 4)} workers), and memory**",
             "",
             "| server | endpoint | off rps | ours on rps | ours / off | stock rps | stock / off | worker RSS off / ours / stock kB |",
             "|---|---|---|---|---|---|---|---|",
