@@ -83,6 +83,10 @@ def _inc(metric: Any, key: tuple[str, ...]) -> None:
     child._value.inc(1)
 
 
+#: For subclasses adding labelled counters of their own (NetBox's API counters).
+inc_child = _inc
+
+
 def _observe(hist: Any, amount: float) -> None:
     """``Histogram.observe`` without the checks and the bucket loop (same values)."""
     hist._sum.inc(amount)

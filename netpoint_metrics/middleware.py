@@ -20,6 +20,7 @@ error break a request.
 from __future__ import annotations
 
 import logging
+import os
 
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
@@ -46,23 +47,29 @@ class NetpointMetricsMiddleware:
             raise MiddlewareNotUsed("METRICS_ENABLED is off")  # Django drops it: zero cost
         self.get_response = get_response
         self.metrics_path = metrics_path()
+        self._up_in = 0  # the process that has set netpoint_worker_up
 
     def __call__(self, request):
         if request.path_info == self.metrics_path and not hasattr(request, "urlconf"):
             request.urlconf = METRICS_URLCONF
-        gauges = None
+        in_progress = None
         try:
             gauges = metrics.live_gauges()
-            gauges.worker_up.set(1)
-            gauges.in_progress.inc()
+            pid = os.getpid()
+            if self._up_in != pid:  # once per process: its own file starts at 0
+                gauges.worker_up.set(1)
+                self._up_in = pid
+            # The value objects themselves: what Gauge.inc/dec end in, without the checks.
+            in_progress = gauges.in_progress._value
+            in_progress.inc(1)
         except Exception:
             log.exception("netpoint-metrics: gauge update failed")
-            gauges = None
+            in_progress = None
         try:
             return self.get_response(request)
         finally:
-            if gauges is not None:
+            if in_progress is not None:
                 try:
-                    gauges.in_progress.dec()
+                    in_progress.inc(-1)
                 except Exception:
                     log.exception("netpoint-metrics: gauge update failed")

@@ -48,7 +48,13 @@ if variant == "stock":
     ]
     assert "django_prometheus.middleware.PrometheusAfterMiddleware" in settings.MIDDLEWARE
     settings.DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.sqlite3"
+    settings.CACHES["default"]["BACKEND"] = (
+        "django_prometheus.cache.backends.filebased.FileBasedCache"
+    )
 else:
+    assert settings.CACHES["default"]["BACKEND"] == (
+        "netpoint_metrics.cache.filebased.FileBasedCache"
+    ), settings.CACHES["default"]["BACKEND"]
     from netpoint_metrics.core import identity
     from netpoint_metrics.core.values import make_value_class
     if values.ValueClass.__name__ != "NetpointValue":

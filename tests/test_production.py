@@ -479,7 +479,7 @@ def test_production_settings_files_agree_and_load(tmp_path, postgres, redis_serv
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     engine, cache, rq_settings, vendor = json.loads(done.stdout.decode().splitlines()[-1])
     assert engine == "netpoint_metrics.db.backends.postgresql" and vendor == "postgresql"
-    assert cache == "django_prometheus.cache.backends.redis.RedisCache"
+    assert cache == "netpoint_metrics.cache.redis.RedisCache"
     assert rq_settings["WORKER_CLASS"] == "netpoint_metrics.rq_metrics.MetricsWorker"
     assert rq_settings["QUEUE_CLASS"] == "netpoint_metrics.rq_metrics.MetricsQueue"
 

@@ -88,7 +88,7 @@ if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": (
-                "django_prometheus.cache.backends.redis.RedisCache"
+                "netpoint_metrics.cache.redis.RedisCache"
                 if METRICS_ENABLED
                 else "django_redis.cache.RedisCache"
             ),
@@ -115,7 +115,7 @@ else:
     CACHES = {
         "default": {
             "BACKEND": (
-                "django_prometheus.cache.backends.filebased.FileBasedCache"
+                "netpoint_metrics.cache.filebased.FileBasedCache"
                 if METRICS_ENABLED
                 else "django.core.cache.backends.filebased.FileBasedCache"
             ),
