@@ -4,7 +4,8 @@ system's own health and every live process's resource use.
 :class:`ScrapeCollector` wraps a :class:`~netpoint_metrics.core.collect.DirectoryCollector`
 rather than changing it, so the reader stays one concern. It adds nothing that needs another
 pass over the directory: file and byte counts, unreadable and quarantined files, and the
-list of leases come from what the collector saw while collecting (its ``stats``). A
+list of leases and which of them are held come from what the collector saw while
+collecting (its ``stats``), so per-process metrics ask no lease twice. A
 collector without ``stats`` (older versions) gives the file count only; then the directory
 is listed once per scrape (names and sizes, no reads) for the leases, bytes and quarantined
 files.
@@ -17,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -66,7 +67,9 @@ class ScrapeCollector:
             seen = _with_listing(self.directory, seen)
         metrics.extend(self._directory_families(seen))
         if self.process_metrics:
-            metrics.extend(self._process_families(seen.get("lease_idents")))
+            metrics.extend(
+                self._process_families(seen.get("lease_idents"), seen.get("alive_idents") or ())
+            )
         return metrics
 
     def _seen(self) -> dict[str, Any]:
@@ -75,7 +78,14 @@ class ScrapeCollector:
         if stats is not None:
             return {
                 key: getattr(stats, key, None)
-                for key in ("files", "bytes", "unreadable_total", "quarantined", "lease_idents")
+                for key in (
+                    "files",
+                    "bytes",
+                    "unreadable_total",
+                    "quarantined",
+                    "lease_idents",
+                    "alive_idents",
+                )
             }
         last = getattr(self.inner, "last_stats", None) or {}
         return {"files": last.get("files"), "unreadable": last.get("skipped")}
@@ -105,9 +115,11 @@ class ScrapeCollector:
                 out.append(GaugeMetricFamily(name, help_text, value=float(value)))
         return out
 
-    def _process_families(self, lease_idents: list[str] | None) -> list[Metric]:
+    def _process_families(
+        self, lease_idents: list[str] | None, alive_idents: Collection[str]
+    ) -> list[Metric]:
         try:
-            procs = processmetrics.gather(self.directory, lease_idents)
+            procs = processmetrics.gather(self.directory, lease_idents, alive_idents)
             return processmetrics.families(procs)
         except Exception as exc:  # a missing /proc must not fail the scrape
             if not self._warned:
