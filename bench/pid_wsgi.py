@@ -42,12 +42,29 @@ if _PHASES:
     from netpoint_metrics.core.collect import DirectoryCollector
 
     _timed(_dj_expo, "_bake_output", "bake")
+    if hasattr(views.MetricsView, "_bake"):  # our own baking of the answer
+        _timed(views.MetricsView, "_bake", "bake")
     _timed(DirectoryCollector, "collect", "collect")
     _timed(scrape.ScrapeCollector, "collect", "scrape")
     _timed(scrape.ScrapeCollector, "_process_families", "process")
     _timed(selfmetrics, "record_collect", "selfmetrics")
     _timed(migration_metrics.MigrationCollector, "collect", "migrations")
     _timed(views, "get_registry", "registry")
+    if hasattr(views, "_renderer"):
+        from netpoint_metrics.core import render as _render
+
+        _inner_render = _render.TextRenderer.render
+
+        def _split_render(self, metrics):
+            """Collect first, then render: the render time alone (bench only)."""
+            metrics = list(metrics)
+            t0 = time.perf_counter()
+            try:
+                return _inner_render(self, metrics)
+            finally:
+                _times["render"] = _times.get("render", 0.0) + time.perf_counter() - t0
+
+        _render.TextRenderer.render = _split_render
     _timed(views, "access_denied", "access")
     for _name in ("gather", "families", "owner_pid", "live_pids", "read_process"):
         if hasattr(processmetrics, _name):
@@ -68,6 +85,10 @@ def _collect_ms() -> str | None:
     except Exception:  # a bench header must never break the response
         return None
     return None
+
+
+_PROFILE_DIR = os.environ.get("NETPOINT_BENCH_PROFILE")  # cProfile each scrape into here
+_scrapes = 0
 
 
 def application(environ, start_response):
@@ -91,4 +112,23 @@ def application(environ, start_response):
         return start_response(status, [*headers, *extra], exc_info)
 
     _times.clear()
+    if is_metrics and _PROFILE_DIR:
+        return _profiled(environ, start)
     return _app(environ, start)
+
+
+def _profiled(environ, start_response):
+    """One scrape under cProfile, saved as ``<pid>-<n>-<cold|warm>.prof`` (bench only)."""
+    import cProfile
+
+    global _scrapes
+    _scrapes += 1
+    kind = "cold" if _scrapes == 1 else "warm"
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        body = _app(environ, start_response)
+    finally:
+        prof.disable()
+        prof.dump_stats(os.path.join(_PROFILE_DIR, f"{os.getpid()}-{_scrapes}-{kind}.prof"))
+    return body

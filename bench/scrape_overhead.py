@@ -100,12 +100,34 @@ def stock_alone(mp: Path, rounds: int = 9) -> dict:
     return spread(times, 1000)
 
 
+def summarise_profiles(d: Path, top: int = 35) -> None:
+    """Cumulative time per function over every cold, then every warm, scrape profiled."""
+    import pstats
+
+    for kind in ("cold", "warm"):
+        files = sorted(str(p) for p in d.glob(f"*-{kind}.prof"))
+        if not files:
+            continue
+        stats = pstats.Stats(files[0])
+        for f in files[1:]:
+            stats.add(f)
+        print(f"\n=== {kind}: {len(files)} scrapes, cumulative seconds summed ===")
+        stats.sort_stats("cumulative").print_stats(top)
+        stats.sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=48)
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--label", default="")
     ap.add_argument("--limit", type=int, default=600, help="most scrapes to try")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile every scrape in the workers into DIR (slower: for finding where the "
+        "time goes, not for the figures); summarised at the end",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="scrape-overhead-"))
     srv = start(
@@ -117,7 +139,10 @@ def main() -> None:
         NETPOINT_WSGI_APP="bench.pid_wsgi:application",
         NETPOINT_BENCH_PHASES="1",
         NETPOINT_TIMEOUT="120",
+        **({"NETPOINT_BENCH_PROFILE": str(Path(args.profile).resolve())} if args.profile else {}),
     )
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     try:
         log(f"warming: {args.requests} requests over {args.workers} workers")
         warm(srv, args.requests)
@@ -153,6 +178,9 @@ def main() -> None:
             + ", ".join(f"{k}={v:.2f}" for k, v in med.items() if k not in ("total",))
         )
     log(f"stock MultiProcessCollector alone: {res['stock_inprocess']['median']:.2f} ms")
+    if args.profile:
+        summarise_profiles(Path(args.profile))
+        return
     stamp = dt.datetime.now().strftime("%Y-%m-%dT%H%M%S")
     suffix = f"-{args.label}" if args.label else ""
     path = ROOT / "bench" / "results" / f"{stamp}-scrape-overhead{suffix}.json"

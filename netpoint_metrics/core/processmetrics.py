@@ -185,6 +185,7 @@ def live_pids(
     directory: str,
     lease_idents: Iterable[str] | None = None,
     alive_idents: Collection[str] = (),
+    free: list[str] | None = None,
 ) -> set[int]:
     """Pids of processes holding a lease in ``directory``.
 
@@ -192,7 +193,8 @@ def live_pids(
     the directory); without it, the lease names are listed here. ``alive_idents`` are
     leases the caller has just found held: they are not asked again (a lease, once free,
     is never held again, so "held a moment ago" can only be stale for a process that
-    exited since, whose ``/proc`` entry is then gone as well).
+    exited since, whose ``/proc`` entry is then gone as well). Identifiers whose lease is
+    free (a dead process not folded yet) are appended to ``free`` when it is given.
     """
     if lease_idents is None:
         lease_idents = []
@@ -204,8 +206,12 @@ def live_pids(
     pids = set()
     for ident in lease_idents:
         pid = _ident_pid(ident)
-        if pid is not None and (ident in alive_idents or lease.is_alive(directory, ident)):
+        if pid is None:
+            continue
+        if ident in alive_idents or lease.is_alive(directory, ident):
             pids.add(pid)
+        elif free is not None:
+            free.append(ident)
     return pids
 
 
@@ -240,10 +246,14 @@ def gather(
     directory: str,
     lease_idents: Iterable[str] | None = None,
     alive_idents: Collection[str] = (),
+    free: list[str] | None = None,
 ) -> list[ProcessStats]:
-    """Every live process of the directory (and its master), read now, with roles."""
+    """Every live process of the directory (and its master), read now, with roles.
+
+    ``free`` collects the identifiers of free leases seen on the way (see :func:`live_pids`).
+    """
     master = owner_pid(directory)
-    pids = live_pids(directory, lease_idents, alive_idents)
+    pids = live_pids(directory, lease_idents, alive_idents, free)
     if master is not None:
         pids.add(master)
     procs = [s for s in map(read_process, sorted(pids)) if s is not None]

@@ -34,7 +34,9 @@ class ScrapeCollector:
 
     ``fold_every``: seconds between opportunistic folds a scrape may run (None: never).
     Servers fold on their own events; this catches what they cannot see (a uWSGI worker
-    cheaped away with no respawn, a fold that found the lock busy). It runs through
+    cheaped away with no respawn, a fold that found the lock busy). Both leave a free
+    lease, which the per-process metrics see anyway, so a scrape folds only when it saw
+    one (with process metrics off, on the clock alone). It runs through
     :func:`lifecycle.worker_died`, so it is counted and logged like any fold.
     """
 
@@ -55,9 +57,10 @@ class ScrapeCollector:
 
     def collect(self) -> Iterable[Metric]:
         now = time.monotonic()
-        if self.fold_every is not None and now - self._last_fold >= self.fold_every:
-            self._last_fold = now
-            lifecycle.worker_died(self.directory)
+        fold_due = self.fold_every is not None and now - self._last_fold >= self.fold_every
+        if fold_due and not self.process_metrics:
+            # No lease check of our own here: fold on the clock alone.
+            self._fold(now)
         t0 = time.perf_counter()
         metrics = list(self.inner.collect())
         seconds = time.perf_counter() - t0
@@ -67,10 +70,23 @@ class ScrapeCollector:
             seen = _with_listing(self.directory, seen)
         metrics.extend(self._directory_families(seen))
         if self.process_metrics:
-            metrics.extend(
-                self._process_families(seen.get("lease_idents"), seen.get("alive_idents") or ())
+            free: list[str] = []
+            families = self._process_families(
+                seen.get("lease_idents"), seen.get("alive_idents") or (), free
             )
+            metrics.extend(families or ())
+            if fold_due and (free or families is None):
+                # A free lease is a dead process nobody folded (a uWSGI worker cheaped away
+                # with no respawn, a fold that found the lock busy): fold it now. Without
+                # one there is nothing a fold could do, so the scrape does not pay for
+                # the lock, listing and lease checks of an empty fold. (If the leases
+                # could not be checked, fold on the clock.)
+                self._fold(now)
         return metrics
+
+    def _fold(self, now: float) -> None:
+        self._last_fold = now
+        lifecycle.worker_died(self.directory)
 
     def _seen(self) -> dict[str, Any]:
         """What the inner collector reports about its last pass (never raises)."""
@@ -116,16 +132,20 @@ class ScrapeCollector:
         return out
 
     def _process_families(
-        self, lease_idents: list[str] | None, alive_idents: Collection[str]
-    ) -> list[Metric]:
+        self,
+        lease_idents: list[str] | None,
+        alive_idents: Collection[str],
+        free: list[str] | None = None,
+    ) -> list[Metric] | None:
+        """The per-process families; None if they could not be read (never raises)."""
         try:
-            procs = processmetrics.gather(self.directory, lease_idents, alive_idents)
+            procs = processmetrics.gather(self.directory, lease_idents, alive_idents, free)
             return processmetrics.families(procs)
         except Exception as exc:  # a missing /proc must not fail the scrape
             if not self._warned:
                 self._warned = True
                 log.warning("process metrics unavailable for %s: %s", self.directory, exc)
-            return []
+            return None
 
 
 def _with_listing(directory: str, seen: dict[str, Any]) -> dict[str, Any]:
