@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from netpoint_metrics.core import lifecycle, names, processmetrics, selfmetrics
+from netpoint_metrics.core import lifecycle, names, processmetrics, render, selfmetrics
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,21 @@ class ScrapeCollector:
                 self._warned = True
                 log.warning("process metrics unavailable for %s: %s", self.directory, exc)
             return None
+
+
+def warm_up() -> None:
+    """Do once, before the first scrape, what every process would do on its first one.
+
+    The renderer's self-check and the boot time are the same for every process: a server
+    master calls this before it forks, so its workers inherit the answers, and each
+    process serving ``/metrics`` calls it again at start (a no-op when inherited). Never
+    raises: a scrape would simply do it later.
+    """
+    try:
+        render.matches_stock()
+        processmetrics.boot_time()
+    except Exception:
+        log.debug("scrape warm-up failed; the first scrape does it", exc_info=True)
 
 
 def _with_listing(directory: str, seen: dict[str, Any]) -> dict[str, Any]:
