@@ -146,17 +146,30 @@ def _header(
     return text, om_heads, om_names
 
 
+#: Escaped metric and label names: few and fixed, while a first scrape makes ~1,000
+#: prefixes from them (the name checks are regular expressions).
+_metric_names: dict[str, str] = {}
+_label_names: dict[str, str] = {}
+
+
 def _prefix(name: str, labels: dict[str, str]) -> str:
     """``name{k="v",...} `` exactly as ``generate_latest``'s ``sample_line`` writes it."""
-    if labels:
-        labelstr = ",".join(
-            [
-                f'{_escape_label_name(k, _ESCAPING)}="{_escape_value(v, _ALLOWUTF8, _NO_CHECK)}"'
-                for k, v in sorted(labels.items())
-            ]
-        )
-        return f"{_escape_name(name, _ESCAPING)}{{{labelstr}}} "
-    return f"{_escape_name(name, _ESCAPING)} "
+    ename = _metric_names.get(name)
+    if ename is None:
+        if len(_metric_names) > _MAX_HEADERS:
+            _metric_names.clear()
+        ename = _metric_names[name] = _escape_name(name, _ESCAPING)
+    if not labels:
+        return f"{ename} "
+    parts = []
+    for k, v in sorted(labels.items()):
+        ek = _label_names.get(k)
+        if ek is None:
+            if len(_label_names) > _MAX_HEADERS:
+                _label_names.clear()
+            ek = _label_names[k] = _escape_label_name(k, _ESCAPING)
+        parts.append(f'{ek}="{_escape_value(v, _ALLOWUTF8, _NO_CHECK)}"')
+    return f"{ename}{{{','.join(parts)}}} "
 
 
 def _go(d: object) -> str:
