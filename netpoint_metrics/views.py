@@ -43,6 +43,10 @@ _lock = threading.Lock()
 _registry: tuple[int, str, CollectorRegistry] | None = None
 _single_migrations: MigrationCollector | None = None
 _renderer = render.TextRenderer()
+#: Prometheus always asks for gzip. prometheus-client compresses at level 9, which costs
+#: about five times level 1's time for a ~20% smaller body: milliseconds of every scrape,
+#: for bytes that cross a LAN. The decompressed text is the same.
+GZIP_LEVEL = 1
 
 
 def get_registry() -> CollectorRegistry:
@@ -102,10 +106,11 @@ class MetricsView(PrometheusDjangoView):
             )
 
     def _bake(self, request) -> HttpResponse:
-        """What ``PrometheusDjangoView.get`` answers, with two differences: the default text
-        format is rendered by :mod:`~netpoint_metrics.core.render` (same bytes, cheaper),
-        and every ``name[]`` value filters (prometheus-client's view passes Django's
-        ``request.GET["name[]"]``, the last value as one string, which matches nothing).
+        """What ``PrometheusDjangoView.get`` answers, with three differences: the default
+        text format is rendered by :mod:`~netpoint_metrics.core.render` (same bytes,
+        cheaper), gzip runs at :data:`GZIP_LEVEL`, and every ``name[]`` value filters
+        (prometheus-client's view passes Django's ``request.GET["name[]"]``, the last value
+        as one string, which matches nothing).
         """
         encoder, content_type = choose_encoder(request.headers.get("Accept"))
         registry = self.registry
@@ -117,7 +122,7 @@ class MetricsView(PrometheusDjangoView):
             output = encoder(registry)
         headers = [("Content-Type", content_type)]
         if gzip_accepted(request.headers.get("Accept-Encoding")):
-            output = gzip.compress(output)
+            output = gzip.compress(output, compresslevel=GZIP_LEVEL)
             headers.append(("Content-Encoding", "gzip"))
         return HttpResponse(output, status=200, headers=headers)
 
