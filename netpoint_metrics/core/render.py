@@ -146,10 +146,11 @@ def _header(
     return text, om_heads, om_names
 
 
-#: Escaped metric and label names: few and fixed, while a first scrape makes ~1,000
-#: prefixes from them (the name checks are regular expressions).
+#: Escaped metric names and ``name="value"`` label texts: few and shared by many series
+#: (``method="GET"``, ``le="0.5"``), while a first scrape makes ~1,000 prefixes from them
+#: (the name checks are regular expressions).
 _metric_names: dict[str, str] = {}
-_label_names: dict[str, str] = {}
+_label_texts: dict[tuple[str, str], str] = {}
 
 
 def _prefix(name: str, labels: dict[str, str]) -> str:
@@ -161,14 +162,18 @@ def _prefix(name: str, labels: dict[str, str]) -> str:
         ename = _metric_names[name] = _escape_name(name, _ESCAPING)
     if not labels:
         return f"{ename} "
+    texts = _label_texts
     parts = []
-    for k, v in sorted(labels.items()):
-        ek = _label_names.get(k)
-        if ek is None:
-            if len(_label_names) > _MAX_HEADERS:
-                _label_names.clear()
-            ek = _label_names[k] = _escape_label_name(k, _ESCAPING)
-        parts.append(f'{ek}="{_escape_value(v, _ALLOWUTF8, _NO_CHECK)}"')
+    for pair in sorted(labels.items()):
+        text = texts.get(pair)
+        if text is None:
+            if len(texts) > _MAX_PREFIXES:
+                texts.clear()
+            k, v = pair
+            text = texts[pair] = (
+                f'{_escape_label_name(k, _ESCAPING)}="{_escape_value(v, _ALLOWUTF8, _NO_CHECK)}"'
+            )
+        parts.append(text)
     return f"{ename}{{{','.join(parts)}}} "
 
 
