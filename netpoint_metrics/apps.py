@@ -48,6 +48,13 @@ class NetpointMetricsConfig(AppConfig):
         from netpoint_metrics import metrics
 
         metrics.export_build_info()
+        if identity.multiproc_dir():
+            # What a worker's first scrape would otherwise pay for: importing the view
+            # (and the collectors) and the renderer's self-check.
+            from netpoint_metrics import views  # noqa: F401
+            from netpoint_metrics.core import scrape
+
+            scrape.warm_up()
 
 
 def _check_value_class() -> None:

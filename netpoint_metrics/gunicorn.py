@@ -24,7 +24,7 @@ import os
 from typing import Any
 
 from netpoint_metrics import bootstrap, exits, private_dir, warmup
-from netpoint_metrics.core import directory, events, identity, lifecycle, ownership
+from netpoint_metrics.core import directory, events, identity, lifecycle, ownership, scrape
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def on_starting(server: Any) -> None:
         lifecycle.master_starting(path, continued=continued)
     except Exception:
         server.log.exception("netpoint-metrics: could not prepare %s", path)
+    scrape.warm_up()  # inherited by every worker: their first scrape skips it
 
 
 def post_fork(server: Any, worker: Any) -> None:

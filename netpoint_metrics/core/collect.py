@@ -72,6 +72,8 @@ class CollectStats:
     lease_idents: tuple[str, ...] = ()
     #: Files set aside as ``corrupt-*.bad`` in that listing.
     quarantined: int = 0
+    #: Identifiers whose lease the last collect found held (so the scrape need not ask again).
+    alive_idents: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -172,6 +174,7 @@ class DirectoryCollector:
                 collects_total=self.stats.collects_total + 1,
                 lease_idents=tuple(self._lease_idents),
                 quarantined=self._quarantined,
+                alive_idents=frozenset(i for i, ok in self._alive.items() if ok),
             )
         return metrics
 

@@ -4,7 +4,8 @@ system's own health and every live process's resource use.
 :class:`ScrapeCollector` wraps a :class:`~netpoint_metrics.core.collect.DirectoryCollector`
 rather than changing it, so the reader stays one concern. It adds nothing that needs another
 pass over the directory: file and byte counts, unreadable and quarantined files, and the
-list of leases come from what the collector saw while collecting (its ``stats``). A
+list of leases and which of them are held come from what the collector saw while
+collecting (its ``stats``), so per-process metrics ask no lease twice. A
 collector without ``stats`` (older versions) gives the file count only; then the directory
 is listed once per scrape (names and sizes, no reads) for the leases, bytes and quarantined
 files.
@@ -17,13 +18,13 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from netpoint_metrics.core import lifecycle, names, processmetrics, selfmetrics
+from netpoint_metrics.core import lifecycle, names, processmetrics, render, selfmetrics
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ class ScrapeCollector:
 
     ``fold_every``: seconds between opportunistic folds a scrape may run (None: never).
     Servers fold on their own events; this catches what they cannot see (a uWSGI worker
-    cheaped away with no respawn, a fold that found the lock busy). It runs through
+    cheaped away with no respawn, a fold that found the lock busy). Both leave a free
+    lease, which the per-process metrics see anyway, so a scrape folds only when it saw
+    one (with process metrics off, on the clock alone). It runs through
     :func:`lifecycle.worker_died`, so it is counted and logged like any fold.
     """
 
@@ -54,9 +57,10 @@ class ScrapeCollector:
 
     def collect(self) -> Iterable[Metric]:
         now = time.monotonic()
-        if self.fold_every is not None and now - self._last_fold >= self.fold_every:
-            self._last_fold = now
-            lifecycle.worker_died(self.directory)
+        fold_due = self.fold_every is not None and now - self._last_fold >= self.fold_every
+        if fold_due and not self.process_metrics:
+            # No lease check of our own here: fold on the clock alone.
+            self._fold(now)
         t0 = time.perf_counter()
         metrics = list(self.inner.collect())
         seconds = time.perf_counter() - t0
@@ -66,8 +70,23 @@ class ScrapeCollector:
             seen = _with_listing(self.directory, seen)
         metrics.extend(self._directory_families(seen))
         if self.process_metrics:
-            metrics.extend(self._process_families(seen.get("lease_idents")))
+            free: list[str] = []
+            families = self._process_families(
+                seen.get("lease_idents"), seen.get("alive_idents") or (), free
+            )
+            metrics.extend(families or ())
+            if fold_due and (free or families is None):
+                # A free lease is a dead process nobody folded (a uWSGI worker cheaped away
+                # with no respawn, a fold that found the lock busy): fold it now. Without
+                # one there is nothing a fold could do, so the scrape does not pay for
+                # the lock, listing and lease checks of an empty fold. (If the leases
+                # could not be checked, fold on the clock.)
+                self._fold(now)
         return metrics
+
+    def _fold(self, now: float) -> None:
+        self._last_fold = now
+        lifecycle.worker_died(self.directory)
 
     def _seen(self) -> dict[str, Any]:
         """What the inner collector reports about its last pass (never raises)."""
@@ -75,7 +94,14 @@ class ScrapeCollector:
         if stats is not None:
             return {
                 key: getattr(stats, key, None)
-                for key in ("files", "bytes", "unreadable_total", "quarantined", "lease_idents")
+                for key in (
+                    "files",
+                    "bytes",
+                    "unreadable_total",
+                    "quarantined",
+                    "lease_idents",
+                    "alive_idents",
+                )
             }
         last = getattr(self.inner, "last_stats", None) or {}
         return {"files": last.get("files"), "unreadable": last.get("skipped")}
@@ -105,15 +131,36 @@ class ScrapeCollector:
                 out.append(GaugeMetricFamily(name, help_text, value=float(value)))
         return out
 
-    def _process_families(self, lease_idents: list[str] | None) -> list[Metric]:
+    def _process_families(
+        self,
+        lease_idents: list[str] | None,
+        alive_idents: Collection[str],
+        free: list[str] | None = None,
+    ) -> list[Metric] | None:
+        """The per-process families; None if they could not be read (never raises)."""
         try:
-            procs = processmetrics.gather(self.directory, lease_idents)
+            procs = processmetrics.gather(self.directory, lease_idents, alive_idents, free)
             return processmetrics.families(procs)
         except Exception as exc:  # a missing /proc must not fail the scrape
             if not self._warned:
                 self._warned = True
                 log.warning("process metrics unavailable for %s: %s", self.directory, exc)
-            return []
+            return None
+
+
+def warm_up() -> None:
+    """Do once, before the first scrape, what every process would do on its first one.
+
+    The renderer's self-check and the boot time are the same for every process: a server
+    master calls this before it forks, so its workers inherit the answers, and each
+    process serving ``/metrics`` calls it again at start (a no-op when inherited). Never
+    raises: a scrape would simply do it later.
+    """
+    try:
+        render.matches_stock()
+        processmetrics.boot_time()
+    except Exception:
+        log.debug("scrape warm-up failed; the first scrape does it", exc_info=True)
 
 
 def _with_listing(directory: str, seen: dict[str, Any]) -> dict[str, Any]:
