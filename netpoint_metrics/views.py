@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 FOLD_EVERY = 15.0
 
 _lock = threading.Lock()
-_registry: tuple[int, str, CollectorRegistry, DirectoryCollector] | None = None
+_registry: (
+    tuple[int, str, CollectorRegistry, DirectoryCollector, MigrationCollector] | None
+) = None
 _single_migrations: MigrationCollector | None = None
 _renderer = render.TextRenderer()
 #: Prometheus always asks for gzip. prometheus-client compresses at level 9, which costs
@@ -64,8 +66,9 @@ def get_registry() -> CollectorRegistry:
             # The wrapper adds self-metrics and per-process metrics, and runs the
             # opportunistic folds itself so that they are counted like the servers' own.
             registry.register(ScrapeCollector(directory, fold_every=FOLD_EVERY))
-            registry.register(MigrationCollector())
-            _registry = (os.getpid(), path, registry, directory)
+            migrations = MigrationCollector()
+            registry.register(migrations)
+            _registry = (os.getpid(), path, registry, directory, migrations)
         return _registry[2]
 
 
@@ -76,6 +79,15 @@ def directory_collector() -> DirectoryCollector | None:
     get_registry()
     current = _registry
     return current[3] if current is not None and current[0] == os.getpid() else None
+
+
+def migration_collector() -> MigrationCollector | None:
+    """This process's migration gauges collector (multiprocess mode only), if any."""
+    if not metrics_enabled():
+        return None
+    get_registry()
+    current = _registry
+    return current[4] if current is not None and current[0] == os.getpid() else None
 
 
 def access_denied(request) -> HttpResponse | None:

@@ -4,10 +4,10 @@ Prometheus scrapes ``/metrics`` every 15 to 60 seconds and the server hands each
 whichever worker accepts it: with N workers a worker answers about one scrape in N, and a
 recycled worker has answered none. A collector that has not read the directory lately has
 to learn the files' layouts and series first (the cold scrape, about twice a warm one).
-So each worker reads the directory in a background thread a few seconds after it starts,
-and again whenever it has gone ``NETPOINT_METRICS_WARM_EVERY`` seconds (default 30; 0
-turns this off) without reading it, and whichever worker gets the scrape finds its cache
-warm.
+So each worker reads the directory in a background thread a few seconds after it starts
+(and loads, once, the migration graph the migration gauges need), and again whenever it
+has gone ``NETPOINT_METRICS_WARM_EVERY`` seconds (default 30; 0 turns this off) without
+reading it, and whichever worker gets the scrape finds its cache warm.
 
 The cost is bounded and small: at most one read per worker per period, none at all in a
 worker that is scraped more often than that (a warm read of 48 workers' files takes a few
@@ -35,6 +35,7 @@ DEFAULT_EVERY = 30
 FIRST_DELAY = 2.0
 
 _started_pid: int | None = None
+_graphs_loaded_in: int | None = None  # the process that has loaded them
 _guard = threading.Lock()
 
 
@@ -85,6 +86,15 @@ def warm_once(period: float) -> bool:
     collector = views.directory_collector()
     if collector is None:
         return False
+    global _graphs_loaded_in
+    if _graphs_loaded_in != os.getpid():
+        _graphs_loaded_in = os.getpid()  # once per process, whatever happens: an optimisation
+        migrations = views.migration_collector()
+        if migrations is not None:
+            try:
+                migrations.load_graphs()
+            except Exception:
+                log.debug("netpoint-metrics: migration graph not preloaded", exc_info=True)
     last = collector.last_collect
     if last is not None and time.monotonic() - last < period:
         return False

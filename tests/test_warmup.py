@@ -7,6 +7,9 @@ while counts stay exact through recycles and folds that happen meanwhile.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from netpoint_metrics import warmup
@@ -60,3 +63,39 @@ def test_a_bad_period_is_refused_at_start(tmp_path, kind):
     status, output = servers.run_to_exit(kind, tmp_path, env)
     assert status != 0
     assert "NETPOINT_METRICS_WARM_EVERY" in output, output[-500:]
+
+
+WARM_ONCE = r"""
+import os, sys, threading
+import django
+django.setup()
+from django.db import connections
+from netpoint_metrics import views, warmup
+assert views.migration_collector()._graph_nodes == {}
+out = {}
+def run():
+    out["read"] = warmup.warm_once(0.0)
+    out["open"] = connections["default"].connection is not None
+t = threading.Thread(target=run)
+t.start(); t.join()
+nodes = views.migration_collector()._graph_nodes["default"]
+assert out == {"read": True, "open": False}, out   # read, and its connection closed
+assert ("contenttypes", "0001_initial") in nodes, sorted(nodes)[:5]
+assert views.directory_collector().last_collect is not None
+print("ok", len(nodes))
+"""
+
+
+def test_warm_once_reads_the_directory_and_loads_the_migration_graph(tmp_path):
+    env = servers.base_env(tmp_path)
+    servers.migrate(env)
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_ONCE],
+        env=env,
+        cwd=servers.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok "), done.stdout
