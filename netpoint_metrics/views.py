@@ -81,6 +81,14 @@ def directory_collector() -> DirectoryCollector | None:
     return current[3] if current is not None and current[0] == os.getpid() else None
 
 
+def background_collect(collector: DirectoryCollector) -> None:
+    """Read the directory and render it, output discarded: what the warm-up thread does,
+    so that both the collector's caches and the renderer's label texts are warm."""
+    metrics = collector.collect()
+    if render.matches_stock():
+        _renderer.render(metrics)
+
+
 def migration_collector() -> MigrationCollector | None:
     """This process's migration gauges collector (multiprocess mode only), if any."""
     if not metrics_enabled():

@@ -4,10 +4,11 @@ Prometheus scrapes ``/metrics`` every 15 to 60 seconds and the server hands each
 whichever worker accepts it: with N workers a worker answers about one scrape in N, and a
 recycled worker has answered none. A collector that has not read the directory lately has
 to learn the files' layouts and series first (the cold scrape, about twice a warm one).
-So each worker reads the directory in a background thread a few seconds after it starts
-(and loads, once, the migration graph the migration gauges need), and again whenever it
-has gone ``NETPOINT_METRICS_WARM_EVERY`` seconds (default 30; 0 turns this off) without
-reading it, and whichever worker gets the scrape finds its cache warm.
+So each worker reads (and renders) the directory in a background thread a few seconds
+after it starts (and loads, once, the migration graph the migration gauges need), again
+once its first traffic has settled the keys, and then about every
+``NETPOINT_METRICS_WARM_EVERY`` seconds (default 30; 0 turns this off) that it goes
+without a scrape, and whichever worker gets the scrape finds its caches warm.
 
 The cost is bounded and small: at most one read per worker per period, none at all in a
 worker that is scraped more often than that (a warm read of 48 workers' files takes a few
@@ -23,6 +24,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 
 from netpoint_metrics import config
 
@@ -30,9 +32,11 @@ log = logging.getLogger(__name__)
 
 ENV = "NETPOINT_METRICS_WARM_EVERY"
 DEFAULT_EVERY = 30
-#: Seconds after the worker starts before the first read (plus up to as much again at
-#: random, so workers started together do not read together): the application loads first.
+#: Seconds after the worker starts before the first read (plus up to twice as much again
+#: at random, so workers started together do not read together): the application loads first.
 FIRST_DELAY = 2.0
+#: Seconds after that before the second read (plus up to half as much again at random).
+SECOND_DELAY = 12.0
 
 _started_pid: int | None = None
 _graphs_loaded_in: int | None = None  # the process that has loaded them
@@ -66,20 +70,34 @@ def start() -> bool:
     return True
 
 
+def schedule(period: float, rng: random.Random) -> Iterator[tuple[float, float]]:
+    """(seconds to sleep, least idle time to act) for each check, for ever.
+
+    Soon after the start (a recycled worker joins a directory full of other workers'
+    files), again once the first traffic has settled the keys (new workers are still
+    adding theirs during the first seconds), then about once per period. Every delay is
+    spread at random so that workers started together do not read together, and a
+    worker that a scrape has just read skips its turn.
+    """
+    yield FIRST_DELAY * (1.0 + 2.0 * rng.random()), 2.0
+    second = min(period, SECOND_DELAY)
+    yield second * (1.0 + 0.5 * rng.random()), second / 2
+    while True:
+        yield period * (0.75 + 0.5 * rng.random()), period / 2
+
+
 def _run(period: float) -> None:
     rng = random.Random()
-    time.sleep(FIRST_DELAY * (1.0 + rng.random()))
-    while True:  # a daemon thread: it ends with the process
+    for delay, idle in schedule(period, rng):  # a daemon thread: it ends with the process
+        time.sleep(delay)
         try:
-            warm_once(period)
+            warm_once(idle)
         except Exception:  # never let the thread die of a passing problem
             log.debug("netpoint-metrics: background collect failed", exc_info=True)
-        # Checked twice per period, so a cache is never more than 1.5 periods old.
-        time.sleep(period * (0.5 + 0.1 * rng.random()))
 
 
-def warm_once(period: float) -> bool:
-    """Read the directory if this worker's collector has not read it for ``period`` s."""
+def warm_once(idle: float) -> bool:
+    """Read the directory if this worker's collector has not read it for ``idle`` s."""
     from netpoint_metrics import views  # here: Django is loaded by the time this runs
     from netpoint_metrics.core import selfmetrics
 
@@ -96,8 +114,8 @@ def warm_once(period: float) -> bool:
             except Exception:
                 log.debug("netpoint-metrics: migration graph not preloaded", exc_info=True)
     last = collector.last_collect
-    if last is not None and time.monotonic() - last < period:
+    if last is not None and time.monotonic() - last < idle:
         return False
-    collector.collect()
+    views.background_collect(collector)
     selfmetrics.record_background_collect()
     return True

@@ -99,3 +99,22 @@ def test_warm_once_reads_the_directory_and_loads_the_migration_graph(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok "), done.stdout
+
+
+def test_the_schedule_spreads_workers_and_settles_on_the_period():
+    import itertools
+    import random
+
+    firsts, seconds = [], []
+    for seed in range(200):
+        steps = list(itertools.islice(warmup.schedule(30.0, random.Random(seed)), 6))
+        (d1, i1), (d2, i2), *later = steps
+        firsts.append(d1)
+        seconds.append(d2)
+        assert 2.0 <= d1 <= 6.0 and i1 == 2.0
+        assert 12.0 <= d2 <= 18.0 and i2 == 6.0
+        assert all(22.5 <= d <= 37.5 and i == 15.0 for d, i in later)
+    # Workers started together do not read together: the delays are spread out.
+    assert max(firsts) - min(firsts) > 3.0 and max(seconds) - min(seconds) > 4.0
+    short = list(itertools.islice(warmup.schedule(1.0, random.Random(1)), 3))
+    assert short[1][0] <= 1.5 and short[2][0] <= 1.25
