@@ -81,12 +81,16 @@ def directory_collector() -> DirectoryCollector | None:
     return current[3] if current is not None and current[0] == os.getpid() else None
 
 
-def background_collect(collector: DirectoryCollector) -> None:
-    """Read the directory and render it, output discarded: what the warm-up thread does,
-    so that both the collector's caches and the renderer's label texts are warm."""
-    metrics = collector.collect()
+def background_collect(collector: DirectoryCollector) -> bool:
+    """Read the directory (giving way to any scrape) and render it, output discarded: what
+    the warm-up thread does, so the collector's caches and the renderer's label texts are
+    warm. False if it gave way."""
+    metrics = collector.collect_in_background()
+    if metrics is None:
+        return False
     if render.matches_stock():
         _renderer.render(metrics)
+    return True
 
 
 def migration_collector() -> MigrationCollector | None:

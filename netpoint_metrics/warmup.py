@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ DEFAULT_EVERY = 30
 #: Seconds after the worker starts before the first read (plus up to twice as much again
 #: at random, so workers started together do not read together): the application loads first.
 FIRST_DELAY = 2.0
-#: Seconds after that before the second read (plus up to half as much again at random).
+#: Seconds after that before the second read (plus up to twice as much again at random).
 SECOND_DELAY = 12.0
 
 _started_pid: int | None = None
@@ -81,12 +82,28 @@ def schedule(period: float, rng: random.Random) -> Iterator[tuple[float, float]]
     """
     yield FIRST_DELAY * (1.0 + 2.0 * rng.random()), 2.0
     second = min(period, SECOND_DELAY)
-    yield second * (1.0 + 0.5 * rng.random()), second / 2
+    yield second * (1.0 + 2.0 * rng.random()), second / 2
     while True:
         yield period * (0.75 + 0.5 * rng.random()), period / 2
 
 
+#: The thread's nice value (Linux: per thread): a background read gives way to the scrapes
+#: and requests of every other worker on the CPU. Not 19: a worker's own request may wait
+#: for the interpreter lock this thread holds, so it must still get its turns soon.
+NICE = 10
+
+
+def _lower_priority() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, max(NICE, os.getpriority(os.PRIO_PROCESS, tid)))
+        except (OSError, AttributeError):
+            log.debug("netpoint-metrics: warm-up thread keeps its priority", exc_info=True)
+
+
 def _run(period: float) -> None:
+    _lower_priority()
     rng = random.Random()
     for delay, idle in schedule(period, rng):  # a daemon thread: it ends with the process
         time.sleep(delay)
@@ -116,6 +133,7 @@ def warm_once(idle: float) -> bool:
     last = collector.last_collect
     if last is not None and time.monotonic() - last < idle:
         return False
-    views.background_collect(collector)
+    if not views.background_collect(collector):
+        return False  # gave way to a scrape, which leaves the caches warm anyway
     selfmetrics.record_background_collect()
     return True

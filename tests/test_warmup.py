@@ -112,9 +112,9 @@ def test_the_schedule_spreads_workers_and_settles_on_the_period():
         firsts.append(d1)
         seconds.append(d2)
         assert 2.0 <= d1 <= 6.0 and i1 == 2.0
-        assert 12.0 <= d2 <= 18.0 and i2 == 6.0
+        assert 12.0 <= d2 <= 36.0 and i2 == 6.0
         assert all(22.5 <= d <= 37.5 and i == 15.0 for d, i in later)
     # Workers started together do not read together: the delays are spread out.
     assert max(firsts) - min(firsts) > 3.0 and max(seconds) - min(seconds) > 4.0
     short = list(itertools.islice(warmup.schedule(1.0, random.Random(1)), 3))
-    assert short[1][0] <= 1.5 and short[2][0] <= 1.25
+    assert short[1][0] <= 3.0 and short[2][0] <= 1.25

@@ -48,6 +48,10 @@ _call: Callable[[Callable[[float], None], float], None] = getattr(
 )  # operator.call: Python >= 3.11
 
 
+class _GaveWay(Exception):
+    """A background read stopped because a scrape wants the collector."""
+
+
 @dataclass(frozen=True, slots=True)
 class CollectStats:
     """What the last collect saw; a new object per collect, so it is never half-updated.
@@ -122,6 +126,7 @@ class DirectoryCollector:
         # one already (nothing learned yet) and should not pay for compaction as well.
         self._last_fold = time.perf_counter()
         self._lock = threading.Lock()  # threaded workers may scrape concurrently
+        self._scrape_waiting = threading.Event()
         self._table = SeriesTable()
         self._reader = FileReader(self._table, self._is_alive)
         self._families = FamilyBuilder(exact)
@@ -156,32 +161,70 @@ class DirectoryCollector:
                 archive.fold(self.directory, wait=False)
             except Exception:  # a scrape must not fail because compaction did
                 log.exception("opportunistic fold of %s failed", self.directory)
+        self._scrape_waiting.set()  # a background read gives the lock up (between files)
         with self._lock:
-            unreadable_before = self._reader.unreadable_total
+            self._scrape_waiting.clear()
+            return self._collect_locked(t0, None)
+
+    def collect_in_background(self) -> list[Metric] | None:
+        """Read the directory to keep the caches warm; None if it gave way to a scrape.
+
+        Never makes a scrape wait: it does not start while a scrape holds the collector,
+        and stops between two files as soon as one asks for it. What it learned until
+        then (layouts, series) is kept; the values it read are not used.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self.last_collect = time.monotonic()
+            return self._collect_locked(time.perf_counter(), self._scrape_waiting.is_set)
+        except _GaveWay:
+            return None
+        finally:
+            self._lock.release()
+
+    def _collect_locked(self, t0: float, give_way: Callable[[], bool] | None) -> list[Metric]:
+        """The read itself, collector lock held: directory lock, files, families, stats.
+
+        A background read (``give_way`` given) leaves :attr:`stats` and the unreadable
+        count alone: they describe scrapes.
+        """
+        unreadable_before = self._reader.unreadable_total
+        try:
             if self.use_lock:
                 with lock.shared(self.directory, self.lock_timeout):
-                    order, files, nbytes = self._read_all()
+                    order, files, nbytes = self._read_all(give_way)
             else:
-                order, files, nbytes = self._read_all()
+                order, files, nbytes = self._read_all(give_way)
             metrics = self._families.build(self._table, order)
-            total = self._reader.unreadable_total
-            self.stats = CollectStats(
-                files=files,
-                bytes=nbytes,
-                unreadable=total - unreadable_before,
-                unreadable_total=total,
-                last_duration=time.perf_counter() - t0,
-                collects_total=self.stats.collects_total + 1,
-                lease_idents=tuple(self._lease_idents),
-                quarantined=self._quarantined,
-                alive_idents=frozenset(i for i, ok in self._alive.items() if ok),
-            )
+        finally:
+            if give_way is not None:
+                self._reader.unreadable_total = unreadable_before
+        if give_way is not None:
+            return metrics
+        total = self._reader.unreadable_total
+        self.stats = CollectStats(
+            files=files,
+            bytes=nbytes,
+            unreadable=total - unreadable_before,
+            unreadable_total=total,
+            last_duration=time.perf_counter() - t0,
+            collects_total=self.stats.collects_total + 1,
+            lease_idents=tuple(self._lease_idents),
+            quarantined=self._quarantined,
+            alive_idents=frozenset(i for i, ok in self._alive.items() if ok),
+        )
         return metrics
 
     # -- which files count -------------------------------------------------------------
 
-    def _read_all(self) -> tuple[list[int], int, int]:
-        """Read every file that counts into the series table: (series order, files, bytes)."""
+    def _read_all(
+        self, give_way: Callable[[], bool] | None = None
+    ) -> tuple[list[int], int, int]:
+        """Read every file that counts into the series table: (series order, files, bytes).
+
+        ``give_way``: asked before each file; True abandons the read (:class:`_GaveWay`).
+        """
         self._alive = {}
         self._table.clear_values()
         self._reader.bytes_read = 0
@@ -192,6 +235,8 @@ class DirectoryCollector:
         use_frozen = self.exact and self.drop_dead_live_gauges
         files = 0
         for path, inode, parsed in self._value_files():
+            if give_way is not None and give_way():
+                raise _GaveWay
             present.add(path)
             if use_frozen and self._is_frozen(parsed):
                 frozen.append((path, inode, parsed))
