@@ -51,10 +51,16 @@ class NetpointMetricsConfig(AppConfig):
         if identity.multiproc_dir():
             # What a worker's first scrape would otherwise pay for: importing the view
             # (and the collectors) and the renderer's self-check.
-            from netpoint_metrics import views  # noqa: F401
+            from django.core.signals import request_finished
+
+            from netpoint_metrics import views, warmup  # noqa: F401
             from netpoint_metrics.core import scrape
 
             scrape.warm_up()
+            # Workers read the directory now and then after a response (servers arm it).
+            request_finished.connect(
+                warmup.request_finished, dispatch_uid="netpoint-metrics-warmup"
+            )
 
 
 def _check_value_class() -> None:

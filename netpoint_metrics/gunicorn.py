@@ -89,7 +89,7 @@ def post_fork(server: Any, worker: Any) -> None:
             exits.gunicorn_post_fork(server, worker)
         except Exception:
             server.log.exception("netpoint-metrics: worker identity failed")
-        warmup.start()
+        warmup.arm()
 
 
 def pre_fork(server: Any, worker: Any) -> None:

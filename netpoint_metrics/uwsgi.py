@@ -77,7 +77,7 @@ def _worker_begins() -> None:
         except Exception:
             log.exception("netpoint-metrics: worker start-up step failed")
         if not uwsgi.mule_id():  # mules serve no scrapes
-            warmup.start()
+            warmup.arm()
     if _lazy_apps():
         application.load()
 

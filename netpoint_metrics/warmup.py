@@ -4,17 +4,20 @@ Prometheus scrapes ``/metrics`` every 15 to 60 seconds and the server hands each
 whichever worker accepts it: with N workers a worker answers about one scrape in N, and a
 recycled worker has answered none. A collector that has not read the directory lately has
 to learn the files' layouts and series first (the cold scrape, about twice a warm one).
-So each worker reads (and renders) the directory in a background thread a few seconds
-after it starts (and loads, once, the migration graph the migration gauges need), again
+So each worker reads (and renders) the directory now and then on its own: a few seconds
+after it starts (and it loads, once, the migration graph the migration gauges need), again
 once its first traffic has settled the keys, and then about every
 ``NETPOINT_METRICS_WARM_EVERY`` seconds (default 30; 0 turns this off) that it goes
-without a scrape, and whichever worker gets the scrape finds its caches warm.
+without a scrape. Whichever worker gets the scrape then finds its caches warm.
 
-The cost is bounded and small: at most one read per worker per period, none at all in a
-worker that is scraped more often than that (a warm read of 48 workers' files takes a few
-milliseconds). A read holds the directory's shared lock like a scrape; a fold in the
-master never waits for it (it retries later). The thread is a daemon: it never delays a
-worker's exit, and nothing it does can fail a request.
+The read runs in the worker's own thread, right after a response has been sent (Django's
+``request_finished``, which servers fire when they close the response): the client has
+its answer, and the worker takes its next request a few milliseconds later, once per
+period at most. Not in a thread of its own: measured with 48 Gunicorn workers on one
+CPU, merely having a second (sleeping) thread in each worker made a cold scrape take 3x
+as long, and a thread would compete with the worker's requests for the interpreter lock.
+A worker that serves nothing reads nothing; its first scrape reads for it. Nothing here
+can fail a request: any error is logged at debug level and the schedule goes on.
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sys
-import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from netpoint_metrics import config
 
@@ -39,10 +41,6 @@ FIRST_DELAY = 2.0
 #: Seconds after that before the second read (plus up to twice as much again at random).
 SECOND_DELAY = 12.0
 
-_started_pid: int | None = None
-_graphs_loaded_in: int | None = None  # the process that has loaded them
-_guard = threading.Lock()
-
 
 def every() -> float | None:
     """The period in seconds, None when turned off (the start-up check refuses bad values)."""
@@ -54,25 +52,8 @@ def every() -> float | None:
     return float(value) if value > 0 else None
 
 
-def start() -> bool:
-    """Start this process's warm-up thread once (a forked child starts its own)."""
-    global _started_pid
-    period = every()
-    if period is None:
-        return False
-    with _guard:
-        if _started_pid == os.getpid():
-            return False
-        _started_pid = os.getpid()
-    thread = threading.Thread(
-        target=_run, args=(period,), name="netpoint-metrics-warmup", daemon=True
-    )
-    thread.start()
-    return True
-
-
 def schedule(period: float, rng: random.Random) -> Iterator[tuple[float, float]]:
-    """(seconds to sleep, least idle time to act) for each check, for ever.
+    """(seconds until the next read is due, least idle time to do it) for each turn.
 
     Soon after the start (a recycled worker joins a directory full of other workers'
     files), again once the first traffic has settled the keys (new workers are still
@@ -87,43 +68,67 @@ def schedule(period: float, rng: random.Random) -> Iterator[tuple[float, float]]
         yield period * (0.75 + 0.5 * rng.random()), period / 2
 
 
-#: The thread's nice value (Linux: per thread): a background read gives way to the scrapes
-#: and requests of every other worker on the CPU. Not 19: a worker's own request may wait
-#: for the interpreter lock this thread holds, so it must still get its turns soon.
-NICE = 10
+class _Plan:
+    """This process's schedule: when the next read is due."""
+
+    __slots__ = ("pid", "turns", "due", "idle", "graphs")
+
+    def __init__(self, period: float) -> None:
+        self.pid = os.getpid()
+        self.turns = schedule(period, random.Random())
+        delay, self.idle = next(self.turns)
+        self.due = time.monotonic() + delay
+        self.graphs = False  # migration graph loaded in this process
+
+    def advance(self) -> None:
+        delay, self.idle = next(self.turns)
+        self.due = time.monotonic() + delay
 
 
-def _lower_priority() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, max(NICE, os.getpriority(os.PRIO_PROCESS, tid)))
-        except (OSError, AttributeError):
-            log.debug("netpoint-metrics: warm-up thread keeps its priority", exc_info=True)
+_plan: _Plan | None = None
 
 
-def _run(period: float) -> None:
-    _lower_priority()
-    rng = random.Random()
-    for delay, idle in schedule(period, rng):  # a daemon thread: it ends with the process
-        time.sleep(delay)
-        try:
-            warm_once(idle)
-        except Exception:  # never let the thread die of a passing problem
-            log.debug("netpoint-metrics: background collect failed", exc_info=True)
+def arm() -> bool:
+    """Start this process's schedule (a worker at its start; a forked child re-arms).
+
+    Called by the server adapters after the fork; the Django app connects
+    :func:`request_finished` so that each due read happens after a response.
+    """
+    global _plan
+    period = every()
+    if period is None:
+        _plan = None
+        return False
+    _plan = _Plan(period)
+    return True
 
 
-def warm_once(idle: float) -> bool:
+def request_finished(sender: Any = None, **kwargs: Any) -> None:
+    """Django's ``request_finished`` receiver: read the directory if a turn is due."""
+    plan = _plan
+    if plan is None or time.monotonic() < plan.due:
+        return  # the common case: one comparison
+    if plan.pid != os.getpid():
+        arm()  # a fork we were not told about: this process starts its own schedule
+        return
+    try:
+        plan.advance()
+        warm_once(plan.idle, plan)
+    except Exception:  # the response is out; never let this reach the server
+        log.debug("netpoint-metrics: background collect failed", exc_info=True)
+
+
+def warm_once(idle: float, plan: _Plan | None = None) -> bool:
     """Read the directory if this worker's collector has not read it for ``idle`` s."""
-    from netpoint_metrics import views  # here: Django is loaded by the time this runs
+    from netpoint_metrics import views
     from netpoint_metrics.core import selfmetrics
 
     collector = views.directory_collector()
     if collector is None:
         return False
-    global _graphs_loaded_in
-    if _graphs_loaded_in != os.getpid():
-        _graphs_loaded_in = os.getpid()  # once per process, whatever happens: an optimisation
+    if plan is None or not plan.graphs:
+        if plan is not None:
+            plan.graphs = True  # once per process, whatever happens: an optimisation
         migrations = views.migration_collector()
         if migrations is not None:
             try:
