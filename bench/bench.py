@@ -177,13 +177,23 @@ def catch_up(srv, limit: float = 300.0) -> None:
     log("B1 catch-up did not finish in time")
 
 
-def timed_scrapes(srv, n: int = 30) -> list[float]:
-    out = []
-    for _ in range(n):
+def timed_scrapes(srv, n: int = 30, errors: list[str] | None = None) -> list[float]:
+    """``n`` timed scrapes. With ``errors`` (the stock recipe), a failed scrape is noted
+    there and retried rather than fatal: stock's collector can fail on a file a new
+    worker has created but not grown yet (prometheus/client_python#1199)."""
+    out: list[float] = []
+    for _ in range(3 * n):
         t0 = time.perf_counter()
         status, _, body = srv.get("/metrics")
-        out.append(time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        if status != 200 and errors is not None:
+            errors.append(f"{status}: {body[:80]!r}")
+            continue
         assert status == 200, body[:200]
+        out.append(dt)
+        if len(out) == n:
+            break
+    assert len(out) == n, f"only {len(out)} of {n} scrapes answered: {errors}"
     return out
 
 
@@ -252,8 +262,9 @@ def b1(quick: bool, runs: list[str] | None = None) -> dict:
                     warm(srv, 200)  # real recycles: the server's own hooks run
                     if variant == "ours":
                         catch_up(srv)
-                    timed_scrapes(srv, 3)
-                    lat = timed_scrapes(srv, 30)
+                    errors: list[str] | None = [] if variant == "stock" else None
+                    timed_scrapes(srv, 3, errors)
+                    lat = timed_scrapes(srv, 30, errors)
                     files = len([f for f in os.listdir(srv.metrics_dir) if f.endswith(".db")])
                     res.append(
                         {
@@ -261,8 +272,11 @@ def b1(quick: bool, runs: list[str] | None = None) -> dict:
                             "median_ms": statistics.median(lat) * 1000,
                             "p95_ms": pctl(lat, 0.95) * 1000,
                             "db_files": files,
+                            "failed_scrapes": len(errors or []),
                         }
                     )
+                    if errors:
+                        log(f"B1 {kind} {variant} N={n}: {len(errors)} failed scrapes: {errors[0]}")
                     log(
                         f"B1 {kind:8} {variant:5} N={n:>5} median {res[-1]['median_ms']:8.1f} ms"
                         f"  p95 {res[-1]['p95_ms']:8.1f} ms  files {files}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,11 +24,17 @@ log = logging.getLogger(__name__)
 class MigrationCollector(Collector):
     """``django_migrations_applied_total`` / ``..._unapplied_total`` by connection."""
 
+    #: Seconds counts read by a worker's background read stay good for its scrapes: the
+    #: counts change when someone migrates (a deploy), and a scrape saves a query.
+    #: django-prometheus reads them once, when the worker starts.
+    FRESH_FOR = 30.0
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._graph_nodes: dict[str, frozenset[tuple[str, str]]] = {}
         self._has_table: set[str] = set()
         self._warned = False
+        self._counted: tuple[float, list[tuple[str, int, int]]] | None = None
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         applied = GaugeMetricFamily(
@@ -41,7 +48,12 @@ class MigrationCollector(Collector):
             labels=["connection"],
         )
         try:
-            for alias, n_applied, n_unapplied in self._counts():
+            counted = self._counted
+            if counted is not None and time.monotonic() - counted[0] < self.FRESH_FOR:
+                counts = counted[1]
+            else:
+                counts = list(self._counts())
+            for alias, n_applied, n_unapplied in counts:
                 applied.add_metric([alias], n_applied)
                 unapplied.add_metric([alias], n_unapplied)
         except Exception as exc:  # a database outage must not fail the scrape
@@ -95,21 +107,27 @@ class MigrationCollector(Collector):
             return nodes
 
     def load_graphs(self) -> None:
-        """Load every connection's migration graph now (the warm-up thread calls this).
+        """Load every connection's migration graph and count now (a background read).
 
         Loading imports every migration module of the project: milliseconds for the
         sample, far more for NetBox's hundreds. Done here, a worker's first scrape does
-        not pay for it. The database connection this opens belongs to the calling thread
-        (Django's connections are per thread), so it is closed again at once.
+        not pay for it. A database connection this has to open is closed again at once;
+        one the thread already had (persistent connections) is left as it was.
         """
         from django.db import connections
         from django.db.backends.dummy.base import DatabaseWrapper
 
+        counts = []
         for alias in connections.databases:
             conn = connections[alias]
             if isinstance(conn, DatabaseWrapper):
                 continue
+            was_open = conn.connection is not None
             try:
-                self._nodes(alias)
+                nodes = self._nodes(alias)
+                done = self._applied(alias, conn)
+                counts.append((alias, len(done), len(nodes - done)))
             finally:
-                conn.close()
+                if not was_open:  # ours: a connection the thread keeps is left to Django
+                    conn.close()
+        self._counted = (time.monotonic(), counts)

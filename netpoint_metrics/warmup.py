@@ -71,14 +71,13 @@ def schedule(period: float, rng: random.Random) -> Iterator[tuple[float, float]]
 class _Plan:
     """This process's schedule: when the next read is due."""
 
-    __slots__ = ("pid", "turns", "due", "idle", "graphs")
+    __slots__ = ("pid", "turns", "due", "idle")
 
     def __init__(self, period: float) -> None:
         self.pid = os.getpid()
         self.turns = schedule(period, random.Random())
         delay, self.idle = next(self.turns)
         self.due = time.monotonic() + delay
-        self.graphs = False  # migration graph loaded in this process
 
     def advance(self) -> None:
         delay, self.idle = next(self.turns)
@@ -113,12 +112,12 @@ def request_finished(sender: Any = None, **kwargs: Any) -> None:
         return
     try:
         plan.advance()
-        warm_once(plan.idle, plan)
+        warm_once(plan.idle)
     except Exception:  # the response is out; never let this reach the server
         log.debug("netpoint-metrics: background collect failed", exc_info=True)
 
 
-def warm_once(idle: float, plan: _Plan | None = None) -> bool:
+def warm_once(idle: float) -> bool:
     """Read the directory if this worker's collector has not read it for ``idle`` s."""
     from netpoint_metrics import views
     from netpoint_metrics.core import selfmetrics
@@ -126,18 +125,15 @@ def warm_once(idle: float, plan: _Plan | None = None) -> bool:
     collector = views.directory_collector()
     if collector is None:
         return False
-    if plan is None or not plan.graphs:
-        if plan is not None:
-            plan.graphs = True  # once per process, whatever happens: an optimisation
-        migrations = views.migration_collector()
-        if migrations is not None:
-            try:
-                migrations.load_graphs()
-            except Exception:
-                log.debug("netpoint-metrics: migration graph not preloaded", exc_info=True)
     last = collector.last_collect
     if last is not None and time.monotonic() - last < idle:
         return False
+    migrations = views.migration_collector()
+    if migrations is not None:
+        try:  # the graph once per process, the counts each time (see FRESH_FOR)
+            migrations.load_graphs()
+        except Exception:
+            log.debug("netpoint-metrics: migration gauges not preloaded", exc_info=True)
     if not views.background_collect(collector):
         return False  # gave way to a scrape, which leaves the caches warm anyway
     selfmetrics.record_background_collect()

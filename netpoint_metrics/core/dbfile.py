@@ -31,6 +31,7 @@ _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once
 _JSON_SPACE = " \t\n\r"
 #: Sanity bound: prometheus-client doubles its file from 64 KiB; 1 GiB is far past sane.
 MAX_USED = 1 << 30
+_STR_ONLY = frozenset({str})
 
 
 class CorruptFile(ValueError):
@@ -133,7 +134,9 @@ def parse_key(key: bytes) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
         and isinstance(name, str)
         and isinstance(labels, dict)
         and isinstance(help_text, str)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+        # JSON object keys are always str; the values must be too (a C-level check: a
+        # cold scrape parses every distinct key).
+        and set(map(type, labels.values())) <= _STR_ONLY
     ):
         raise CorruptFile(f"key of the wrong shape {key[:80]!r}")
     return metric_name, name, tuple(sorted(labels.items())), help_text

@@ -112,6 +112,7 @@ class FileReader:
         self._is_alive = is_alive
         self._memo: dict[str, tuple[int, Layout, str]] = {}  # path -> (inode, layout, prefix)
         self.open_files = OpenFiles()
+        self._hint: dict[str, int] = {}  # used size of the last file read, by kind
         self._warned: set[tuple[str, int]] = set()
         # Files found unreadable, by path: (inode, used size). Value files only grow, so
         # the same inode and size is the same damage: skip it without parsing it again.
@@ -130,7 +131,10 @@ class FileReader:
         snap = None
         try:
             memo = self._memo.get(path)
-            snap = self._snapshot(path, listed_inode, memo[1].used if memo is not None else 0)
+            # A file seen before: its size; a new one: the size of the last file of its
+            # kind (workers' files of one kind are much alike), so most reads are one pread.
+            hint = memo[1].used if memo is not None else self._hint.get(parsed.prefix, 0)
+            snap = self._snapshot(path, listed_inode, hint)
             if snap is None:
                 return None  # deleted since the directory was listed: a fold or a wipe
             if snap.used == 0:
@@ -160,6 +164,7 @@ class FileReader:
             self._unreadable(path, listed_inode, exc)
             return None
         self.bytes_read += snap.used
+        self._hint[parsed.prefix] = snap.used
         return values
 
     def _snapshot(self, path: str, listed_inode: int, hint: int) -> dbfile.Snapshot | None:
@@ -173,10 +178,12 @@ class FileReader:
             return None
         kept = False
         try:
-            st = os.fstat(fd)
-            snap = dbfile.read_open(fd, path, st.st_ino, hint, st.st_size)
-            if st.st_ino == listed_inode and snap.used:
-                kept = self.open_files.keep(path, fd, st.st_ino)
+            # No fstat: the listing's inode names the file (value files are never renamed
+            # over, and archives only under the exclusive lock, which excludes this read);
+            # a file shorter than its header says is caught as a short read.
+            snap = dbfile.read_open(fd, path, listed_inode, hint)
+            if snap.used:
+                kept = self.open_files.keep(path, fd, listed_inode)
             return snap
         finally:
             if not kept:

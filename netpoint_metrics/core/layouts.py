@@ -125,13 +125,20 @@ class Layout:
         self.vapp: tuple[Callable[[float], None], ...] | None = None
         self.tapp: tuple[Callable[[float], None], ...] | None = None
 
-    def fits(self, data: bytes) -> Read | None:
-        """(values, None) if ``data`` has exactly these key lengths and keys, else None."""
-        if len(data) < self.used or not self.same_file(data):
-            return None  # the length test keeps unpack_from in bounds
-        for at, key in self._probes:
-            if data[at : at + len(key)] != key:
+    def fits(self, data: bytes, last_key_checked: bool = False) -> Read | None:
+        """(values, None) if ``data`` has exactly these key lengths and keys, else None.
+
+        ``last_key_checked``: the caller found this layout by the file's last key, so the
+        quick rejections (last key, a few probes) would only repeat; the full check runs.
+        """
+        if len(data) < self.used:
+            return None  # keeps unpack_from in bounds
+        if not last_key_checked:
+            if not self.same_file(data):
                 return None
+            for at, key in self._probes:
+                if data[at : at + len(key)] != key:
+                    return None
         if self._all is None:
             # Each entry's length and key as one field (value and timestamp skipped):
             # one object per entry to compare, where reading them apart makes four.
@@ -183,6 +190,11 @@ class LayoutCache:
             for (at, n), by_key in lasts.items():
                 cands = by_key.get(data[at : at + n])
                 if cands:
+                    if len(cands) == 1:  # the usual case: one layout per kind and size
+                        got = cands[0].fits(data, last_key_checked=True)
+                        if got is not None:
+                            return cands[0], got
+                        continue
                     for layout in cands:
                         got = layout.fits(data)
                         if got is not None:
