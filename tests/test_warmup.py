@@ -26,17 +26,20 @@ def test_every_worker_warms_itself_and_counts_stay_exact(server_factory, tmp_pat
     env = servers.base_env(
         tmp_path,
         NETPOINT_METRICS_WARM_EVERY="1",
-        NETPOINT_MAX_REQUESTS="15",
+        # Long enough a life for a worker's first turn (2-6 s after its start) to come
+        # under the traffic below, short enough for recycles to happen meanwhile.
+        NETPOINT_MAX_REQUESTS="30",
         NETPOINT_MIN_WORKER_LIFETIME="0",
     )
     srv = server_factory(kind, env=env, workers=3)
     posts = 0
-    for i in range(45):  # several recycles: new workers start their own warm-up
+    for i in range(45):
         status, _, body = srv.request("POST", "/api/devices/", {"name": f"w{i}"})
         assert status == 201, body[:200]
         posts += 1
     # Each worker reads after a response once its turn is due (first within 6 s of its
-    # start, then about every second here): keep some traffic going while waiting.
+    # start, then about every second here): keep some traffic going while waiting, which
+    # also recycles workers (new ones start their own turns).
     def warmed() -> bool:
         for _ in range(6):
             assert srv.get("/api/sites/")[0] == 200
