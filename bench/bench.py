@@ -429,10 +429,9 @@ def copy_live(src: Path, idents: list[str], leases: list[int]) -> Path:
     return d
 
 
-def b2_http(nworkers: int, requests_: int, rounds: int, quick: bool, warm_every: str) -> dict:
-    """The HTTP case alone, on its own server (the product default runs inside :func:`b2`)."""
-    tmp = Path(tempfile.mkdtemp(prefix="b2-http-"))
-    srv = start(
+def start_b2(tmp: Path, nworkers: int, **env: str):
+    """Gunicorn with ``nworkers`` workers answering with which worker it was (B2)."""
+    return start(
         "gunicorn",
         "ours",
         tmp,
@@ -440,8 +439,14 @@ def b2_http(nworkers: int, requests_: int, rounds: int, quick: bool, warm_every:
         NETPOINT_WORKERS=str(nworkers),
         NETPOINT_WSGI_APP="bench.pid_wsgi:application",
         NETPOINT_TIMEOUT="120",
-        NETPOINT_METRICS_WARM_EVERY=warm_every,
+        **env,
     )
+
+
+def b2_http(nworkers: int, requests_: int, rounds: int, quick: bool, warm_every: str) -> dict:
+    """The HTTP case alone, on its own server (the product default runs inside :func:`b2`)."""
+    tmp = Path(tempfile.mkdtemp(prefix="b2-http-"))
+    srv = start_b2(tmp, nworkers, NETPOINT_METRICS_WARM_EVERY=warm_every)
     try:
         warm(srv, requests_)
         with pin_self(LOAD_CPU):
@@ -473,15 +478,7 @@ def b2(quick: bool) -> dict:
     # First without background warm-up: each worker's first scrape is its first read.
     out["http_no_warmup"] = b2_http(nworkers, requests_, rounds, quick, warm_every="0")
     tmp = Path(tempfile.mkdtemp(prefix="b2-live-"))
-    srv = start(
-        "gunicorn",
-        "ours",
-        tmp,
-        cpu=SERVER_CPU,
-        NETPOINT_WORKERS=str(nworkers),
-        NETPOINT_WSGI_APP="bench.pid_wsgi:application",
-        NETPOINT_TIMEOUT="120",
-    )
+    srv = start_b2(tmp, nworkers)
     leases: list[int] = []
     live_dirs: list[Path] = []
     try:

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+from prometheus_client import values as pc_values
 
 from tests import servers
+
+
+@pytest.fixture
+def mpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private multiprocess directory in the environment; the value class put back after."""
+    d = tmp_path / "mp"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(d))
+    saved = pc_values.ValueClass
+    yield d
+    pc_values.ValueClass = saved
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,6 @@ from netpoint_metrics.core.collect import DirectoryCollector
 
 WORKERS = 6
 LABELS = [(m, s) for m in ("GET", "POST", "PATCH") for s in ("200", "201", "404", "500")]
-
-
-@pytest.fixture
-def mpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    d = tmp_path / "mp"
-    d.mkdir(mode=0o700)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(d))
-    saved = pc_values.ValueClass
-    yield d
-    pc_values.ValueClass = saved
 
 
 def _metrics() -> tuple[Counter, Histogram]:

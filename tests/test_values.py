@@ -10,7 +10,6 @@ import os
 import resource
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from netpoint_metrics.core import identity, valuefile
 from netpoint_metrics.core import values as nv
-
-
-@pytest.fixture
-def mpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    d = tmp_path / "mp"
-    d.mkdir(mode=0o700)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(d))
-    saved = pc_values.ValueClass
-    yield d
-    pc_values.ValueClass = saved
 
 
 def _use(cls: type) -> None:

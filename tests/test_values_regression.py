@@ -47,16 +47,6 @@ while time.monotonic() < deadline:
 
 
 @pytest.fixture
-def mpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    d = tmp_path / "mp"
-    d.mkdir(mode=0o700)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(d))
-    saved = pc_values.ValueClass
-    yield d
-    pc_values.ValueClass = saved
-
-
-@pytest.fixture
 def folding(mpdir: Path) -> Iterator[subprocess.Popen[str]]:
     """A real process folding ``mpdir`` back to back (as a busy master does), until killed."""
     proc = subprocess.Popen(
