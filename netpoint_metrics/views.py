@@ -72,18 +72,27 @@ def get_registry() -> CollectorRegistry:
         return _registry[2]
 
 
-def directory_collector() -> DirectoryCollector | None:
-    """This process's directory collector (the one ``/metrics`` reads through), if any."""
+def _current() -> (
+    tuple[int, str, CollectorRegistry, DirectoryCollector, MigrationCollector] | None
+):
+    """This process's multiprocess registry and its collectors, made if needed; None when
+    metrics are off or values are kept in memory."""
     if not metrics_enabled():
         return None
     get_registry()
     current = _registry
-    return current[3] if current is not None and current[0] == os.getpid() else None
+    return current if current is not None and current[0] == os.getpid() else None
+
+
+def directory_collector() -> DirectoryCollector | None:
+    """This process's directory collector (the one ``/metrics`` reads through), if any."""
+    current = _current()
+    return current[3] if current is not None else None
 
 
 def background_collect(collector: DirectoryCollector) -> bool:
     """Read the directory (giving way to any scrape) and render it, output discarded: what
-    the warm-up thread does, so the collector's caches and the renderer's label texts are
+    a worker's background read does, so the collector's caches and the renderer's label texts are
     warm. False if it gave way."""
     metrics = collector.collect_in_background()
     if metrics is None:
@@ -95,11 +104,8 @@ def background_collect(collector: DirectoryCollector) -> bool:
 
 def migration_collector() -> MigrationCollector | None:
     """This process's migration gauges collector (multiprocess mode only), if any."""
-    if not metrics_enabled():
-        return None
-    get_registry()
-    current = _registry
-    return current[4] if current is not None and current[0] == os.getpid() else None
+    current = _current()
+    return current[4] if current is not None else None
 
 
 def access_denied(request) -> HttpResponse | None:
