@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -53,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,41 +344,67 @@ def forget_process_caches() -> None:
 def collect_rounds(d: Path, rounds: int) -> dict:
     """Stock vs ours on one directory: cold (a collector's first scrape) and warm.
 
-    Every round runs each variant once, interleaved, so drift on a shared machine hits
-    them alike. Times include rendering the text, as a scrape does. Checks first that the
-    stock-order mode is byte-identical to stock, cold and warm, and the product mode
-    equal within 1 ULP.
+    Two figures per reader: the collect alone (the collector's ``collect()``: what the
+    readers differ in) and a scrape's text (collect + ``generate_latest`` on both sides).
+    Every round runs every variant once, starting at a different variant each round, so
+    drift on a shared machine and whatever one variant leaves behind hit them alike; a
+    variant's objects are dropped and garbage-collected after its timing, never inside
+    another's (a worker keeps its collector for life). Checks first that the stock-order
+    mode is byte-identical to stock, cold and warm, and the product mode equal within
+    1 ULP.
     """
     stock = CollectorRegistry()
     MultiProcessCollector(stock, str(d))
+    stock_alone = MultiProcessCollector(None, str(d))  # type: ignore[arg-type]
     warm_exact, warm_same = _ours(d, True), _ours(d, False)
+    warm_collector = DirectoryCollector(str(d), exact=True)
+    warm_collector.collect()
     ref = generate_latest(stock)
     assert generate_latest(_ours(d, False)) == ref, f"cold exact=False is not stock's ({d})"
     assert generate_latest(warm_same) == ref, f"exact=False is not byte-identical ({d})"
     assert _within_one_ulp(generate_latest(warm_exact), ref), f"exact differs > 1 ULP ({d})"
-    variants = {
+
+    def cold_text(exact: bool) -> object:
+        reg = _ours(d, exact)
+        return reg, generate_latest(reg)
+
+    def cold_collect() -> object:
+        collector = DirectoryCollector(str(d), exact=True)
+        return collector, collector.collect()
+
+    variants: dict[str, Callable[[], object]] = {
         "stock": lambda: generate_latest(stock),
-        "cold": lambda: generate_latest(_ours(d, True)),
+        "stock_collect": lambda: list(stock_alone.collect()),
+        "cold": lambda: cold_text(True),
+        "cold_collect": cold_collect,
         "warm": lambda: generate_latest(warm_exact),
-        "cold_stock_order": lambda: generate_latest(_ours(d, False)),
+        "warm_collect": warm_collector.collect,
+        "cold_stock_order": lambda: cold_text(False),
         "warm_stock_order": lambda: generate_latest(warm_same),
     }
+    names_ = list(variants)
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    for r in range(rounds):
+        for name in names_[r % len(names_) :] + names_[: r % len(names_)]:
             if name.startswith("cold"):
                 forget_process_caches()
+            gc.collect()
             t0 = time.perf_counter()
-            fn()
+            kept = variants[name]()
             times[name].append(time.perf_counter() - t0)
+            del kept
     row: dict = {k: spread(v, 1000) for k, v in times.items()}  # ms
     row["files"] = len([f for f in os.listdir(d) if f.endswith(".db")])
-    st = times["stock"]
-    row["speedup_cold"] = spread([s / c for s, c in zip(st, times["cold"], strict=True)])
-    row["speedup_warm"] = spread([s / w for s, w in zip(st, times["warm"], strict=True)])
-    row["cold_over_warm"] = spread(
-        [c / w for c, w in zip(times["cold"], times["warm"], strict=True)]
-    )
+
+    def ratios(a: str, b: str) -> dict:
+        return spread([x / y for x, y in zip(times[a], times[b], strict=True)])
+
+    row["speedup_cold"] = ratios("stock", "cold")
+    row["speedup_warm"] = ratios("stock", "warm")
+    row["cold_over_warm"] = ratios("cold", "warm")
+    row["speedup_cold_collect"] = ratios("stock_collect", "cold_collect")
+    row["speedup_warm_collect"] = ratios("stock_collect", "warm_collect")
+    row["cold_over_warm_collect"] = ratios("cold_collect", "warm_collect")
     row["byte_identical"] = True
     row["exact_within_1ulp"] = True
     return row
@@ -541,9 +569,11 @@ def b2(quick: bool) -> dict:
 def _log_row(kind: str, row: dict) -> None:
     log(
         f"B2 {kind} workers={row['workers']:>5} files={row['files']:>5} stock "
-        f"{row['stock']['median']:8.1f} ms  ours cold {row['cold']['median']:7.1f} ms "
-        f"({row['speedup_cold']['median']:.1f}x)  warm {row['warm']['median']:7.1f} ms "
-        f"({row['speedup_warm']['median']:.1f}x)  cold/warm {row['cold_over_warm']['median']:.2f}"
+        f"{row['stock_collect']['median']:8.1f} ms  ours cold {row['cold_collect']['median']:7.1f}"
+        f" ms ({row['speedup_cold_collect']['median']:.1f}x; with text "
+        f"{row['speedup_cold']['median']:.1f}x)  warm {row['warm_collect']['median']:7.1f} ms "
+        f"({row['speedup_warm_collect']['median']:.1f}x)  cold/warm "
+        f"{row['cold_over_warm_collect']['median']:.2f}"
     )
 
 

@@ -324,3 +324,92 @@ def test_a_backlog_is_folded_in_bounded_batches(tmp_path) -> None:
     assert len(r.folded) == 5 and not r.more
     assert samples(c.collect())[("c_total", (("view", "x"),))] == 25
     assert db_files(d) == ["counter_archive-3.db"]
+
+
+def test_db_names_are_parsed_as_the_split_rules_say() -> None:
+    """The one-pattern parser accepts exactly what the collector's rules describe."""
+    good = {
+        "counter_1.db": ("counter", "", "1", "counter", False, False),
+        "histogram_123-abcdef.db": ("histogram", "", "123-abcdef", "histogram", False, False),
+        "summary_archive-12.db": ("summary", "", "archive-12", "summary", True, False),
+        "gauge_all_7-0123456789ab.db": ("gauge", "all", "7-0123456789ab", "gauge_all", False, True),
+        "gauge_max_archive-3.db": ("gauge", "max", "archive-3", "gauge_max", True, False),
+        "gauge_livesum_9.db": ("gauge", "livesum", "9", "gauge_livesum", False, True),
+    }
+    for filename, want in good.items():
+        p = names.parse_db_name(filename)
+        assert p is not None, filename
+        assert (p.kind, p.mode, p.ident, p.prefix, p.is_archive, p.live_only) == want
+        assert p.filename == filename
+    for bad in (
+        "counter_12\n.db",  # a name with a newline before the suffix
+        "counter_1.db\n",
+        "gauge_1.db",  # a gauge needs a mode
+        "gauge_bogus_1.db",
+        "summary_12-ABCDEF.db",  # nonces are lower-case hex
+        "counter_12-abc.db",  # nonce too short
+        "counter_12345678901.db",  # pid longer than 10 digits
+        "counter_archive-.db",
+        "histogram_archive-1234567890123456789.db",
+        "counter_1.db.tmp",
+        "Counter_1.db",
+    ):
+        assert names.parse_db_name(bad) is None, bad
+
+
+def test_collect_pauses_the_cyclic_gc_and_always_restores_it(tmp_path, monkeypatch) -> None:
+    """A read runs with the cyclic collector paused; its state is restored on every exit."""
+    import gc
+
+    p = FakeProcess(str(tmp_path)).start()
+    try:
+        p.add("counter", K, 2.0)
+        c = DirectoryCollector(str(tmp_path))
+        seen: list[bool] = []
+        real = c._families.build
+
+        def spy(*args, **kwargs):
+            seen.append(gc.isenabled())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(c._families, "build", spy)
+        assert gc.isenabled()
+        assert samples(c.collect())[("c_total", (("view", "x"),))] == 2.0
+        assert seen == [False] and gc.isenabled()
+        gc.disable()  # a process that runs without it keeps it off
+        try:
+            c.collect()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(c._families, "build", broken)
+        with pytest.raises(RuntimeError):
+            c.collect()
+        assert gc.isenabled()
+        with pytest.raises(RuntimeError):
+            c.collect_in_background()
+        assert gc.isenabled()
+    finally:
+        p.kill()
+
+
+def test_files_of_one_layout_add_up_exactly(tmp_path) -> None:
+    """Many files with one layout are added a column at a time: every value counts once."""
+    procs = [FakeProcess(str(tmp_path)).start() for _ in range(9)]
+    keys = [key("c", "c_total", {"view": str(v)}) for v in range(5)]
+    want: dict[str, float] = {}
+    try:
+        for i, p in enumerate(procs):
+            for j, k in enumerate(keys if i != 4 else keys[:3]):  # one file a prefix
+                v = float(10 * i + j + 1)
+                p.add("counter", k, v)
+                want[str(j)] = want.get(str(j), 0.0) + v
+        got = samples(DirectoryCollector(str(tmp_path)).collect())
+        assert {lbl[0][1]: v for (n, lbl), v in got.items() if n == "c_total"} == want
+    finally:
+        for p in procs:
+            p.kill()

@@ -11,7 +11,7 @@ can hold their bound ``append`` methods and reading a file into them is one C-le
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from netpoint_metrics.core import dbfile
@@ -43,6 +43,9 @@ class Plan(NamedTuple):
     key: tuple[str, Labels]  # (sample name, group): the sample this series feeds
 
 
+_new_plan = tuple.__new__  # a Plan from its fields, without NamedTuple's Python-level __new__
+
+
 def make_plan(
     kind: str,
     mode: str,
@@ -54,15 +57,15 @@ def make_plan(
 ) -> Plan:
     le = None
     group = labels
-    if kind == "gauge" and pid is not None:
-        group = labels + (("pid", pid),)
-    elif kind == "histogram":
+    if kind == "histogram":
         for k, v in labels:
             if k == "le":
                 le = float(v)  # ValueError for a bound that is not a number: the file is bad
                 group = tuple(kv for kv in labels if kv[0] != "le")
                 break
-    return Plan(kind, mode, metric_name, help_text, name, group, le, (name, group))
+    elif pid is not None and kind == "gauge":
+        group = labels + (("pid", pid),)
+    return _new_plan(Plan, (kind, mode, metric_name, help_text, name, group, le, (name, group)))
 
 
 class SeriesTable:
@@ -80,6 +83,8 @@ class SeriesTable:
         self.stamps: list[list[float]] = []
         self.vapp: list[Append] = []
         self.tapp: list[Append] = []
+        #: ``extend`` of each value list: a column of many files' values in one call.
+        self.vext: list[Callable[[Iterable[float]], None]] = []
 
     def __len__(self) -> int:
         return len(self.plans)
@@ -117,27 +122,31 @@ class SeriesTable:
         pid: str | None,
         by_key: dict[bytes, int],
     ) -> tuple[int, ...]:
-        """Slots of keys some of which are new: parse them and add their series."""
-        out = []
+        """Slots of keys some of which are new: parse them and add their series.
+
+        A worker's first scrape runs this once per distinct key of the directory.
+        """
+        out: list[int] = []
+        append = out.append
+        parsed = self._parsed
+        slot_of = self._slot_of
         for key in keys:
-            slot_of_key = by_key.get(key)
-            if slot_of_key is not None:
-                out.append(slot_of_key)
-                continue
-            p = self._parsed.get(key)
-            if p is None:
-                p = self._parsed[key] = dbfile.parse_key(key)
-            metric_name, name, labels, help_text = p
-            skey = (kind, mode, metric_name, name, labels, pid)
-            slot = self._slot_of.get(skey)
+            slot = by_key.get(key)
             if slot is None:
-                try:
-                    plan = make_plan(kind, mode, metric_name, name, labels, help_text, pid)
-                except ValueError as exc:
-                    raise dbfile.CorruptFile(f"bad histogram bound in {key[:80]!r}") from exc
-                slot = self._add(skey, plan)
-            by_key[key] = slot
-            out.append(slot)
+                p = parsed.get(key)
+                if p is None:
+                    p = parsed[key] = dbfile.parse_key(key)
+                metric_name, name, labels, help_text = p
+                skey = (kind, mode, metric_name, name, labels, pid)
+                slot = slot_of.get(skey)
+                if slot is None:
+                    try:
+                        plan = make_plan(kind, mode, metric_name, name, labels, help_text, pid)
+                    except ValueError as exc:
+                        raise dbfile.CorruptFile(f"bad histogram bound in {key[:80]!r}") from exc
+                    slot = self._add(skey, plan)
+                by_key[key] = slot
+            append(slot)
         return tuple(out)
 
     def _add(self, skey: tuple[str, str, str, str, Labels, str | None], plan: Plan) -> int:
@@ -151,6 +160,7 @@ class SeriesTable:
         self.stamps.append(t)
         self.vapp.append(v.append)
         self.tapp.append(t.append)
+        self.vext.append(v.extend)
         return slot
 
     def clear_values(self) -> None:
@@ -181,6 +191,7 @@ class SeriesTable:
         self.stamps.clear()
         self.vapp.clear()
         self.tapp.clear()
+        self.vext.clear()
         for skey, plan, vals, stamps in keep:
             slot = self._add(skey, plan)
             self.values[slot].extend(vals)
