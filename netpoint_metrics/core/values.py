@@ -39,7 +39,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from netpoint_metrics.core.keyorder import ORDERED_PREFIXES, KeyOrder
@@ -349,6 +349,32 @@ def make_value_class(process_identifier: Callable[[], str], *, shared_order: boo
                 view[i] = value
                 view[i + 1] = ts
 
+    def inc_many(updates: Iterable[tuple[Any, float]]) -> None:
+        """Add each ``amount`` to its ``value``, taking the lock once for all of them.
+
+        A request updates a dozen values in one middleware hook; one lock round-trip
+        (~120 ns) and one method call per value is most of what each update costs. Same
+        result as ``value.inc(amount)`` for every pair, in one critical section for the
+        values bound here. Any other value (unbound: after a fork or while the disk is
+        full, or made by another value class) goes through its own ``inc`` after the
+        lock is released, so it re-binds, counts a dropped update or keeps a gauge's state
+        exactly as ``inc`` would.
+        """
+        if not guard[0]:
+            forked()  # every value is slow now: all take their own inc below
+        slow: list[tuple[Any, float]] = []
+        with state.lock:
+            for value, amount in updates:
+                # Checked under the lock: close_all may unbind a value meanwhile.
+                if value.__class__ is Value:
+                    v = value._value + amount
+                    value._value = v
+                    value._view[value._index] = v
+                else:
+                    slow.append((value, amount))
+        for value, amount in slow:
+            value.inc(amount)
+
     def close_all() -> None:
         with state.lock:
             for f in state.files.values():
@@ -389,6 +415,7 @@ def make_value_class(process_identifier: Callable[[], str], *, shared_order: boo
         guard[0] = 1
 
     os.register_at_fork(after_in_child=forked)
+    Value.inc_many = staticmethod(inc_many)  # type: ignore[attr-defined]
     Value.__qualname__ = Value.__name__ = "NetpointValue"
     SlowValue.__qualname__ = SlowValue.__name__ = "NetpointSlowValue"
     return Value
