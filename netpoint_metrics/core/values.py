@@ -127,6 +127,22 @@ def _fork_guard() -> tuple[Any, bool]:
         return bytearray(b"\x01"), False
 
 
+def new_process_flag() -> Any:
+    """A one-byte flag, 0 until set, that reads 0 again in every forked child.
+
+    For "once per process" work on a hot path (the request middleware marks the worker up
+    on its first request), where ``os.getpid()`` on every call would cost a system call:
+    the same wipe-on-fork page as the values' guard, so forks made from C (uWSGI) clear it
+    too. Where the kernel lacks it, an at-fork handler clears it (forks through Python).
+    Call it once per use (each registers a handler in that case), not per request.
+    """
+    flag, wipes = _fork_guard()
+    flag[0] = 0
+    if not wipes:
+        os.register_at_fork(after_in_child=lambda: flag.__setitem__(0, 0))
+    return flag
+
+
 def make_value_class(process_identifier: Callable[[], str], *, shared_order: bool = True) -> type:
     """A ``ValueClass`` for prometheus-client writing files named by ``process_identifier``.
 
