@@ -10,7 +10,8 @@ same format (:mod:`.valuefile`), with three differences that matter in productio
   store through a ``memoryview`` at an index fixed when the value was bound. A fork is
   noticed by ``os.register_at_fork`` (forks made through Python) or by the guard byte
   reading 0 (forks made from C, as uWSGI does); either switches every value to a slow class
-  (``__class__`` assignment) that re-binds on first use.
+  (``__class__`` assignment) that re-binds on first use. ``Value.inc_many`` applies a
+  group of increments (one middleware hook's) under one lock, with the same checks.
 * **A child never writes into its parent's files.** After a fork, the first update in the
   child (any thread) re-binds every value to new files named by the child's own identifier
   (``identity.current``: ``<pid>-<nonce>`` and a new lease), starting from zero, as stock
