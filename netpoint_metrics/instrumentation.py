@@ -13,7 +13,11 @@ Python loop over up to 31 buckets). Here a labelled child is found with one dict
 in the metric's own ``_metrics`` table (creating it through ``labels()`` only the first
 time, so ``remove()``/``clear()`` keep working), the update goes straight to the child's
 value object, and a histogram bucket is found with ``bisect``. Headers are read from
-``request.META`` instead of building ``request.headers``.
+``request.META`` instead of building ``request.headers``. Each hook gathers its updates and
+hands them to the value class's ``inc_many`` (one lock round-trip for all of them, see
+:mod:`netpoint_metrics.core.values`); the request's method and transport are worked out once,
+in ``process_request``, and a response's charset and content are read once. In a sync chain
+both middlewares are called directly instead of through Django's ``MiddlewareMixin.__call__``.
 
 Subclasses that override django-prometheus's extension points (``label_metric``,
 ``_method``, ``_transport``, ``_get_view_name``) or bring a ``metrics_cls`` whose metrics have
@@ -28,9 +32,12 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from timeit import default_timer
 from typing import Any
 
+from django.core.signals import setting_changed
+from django.http.response import HttpResponseBase
 from django_prometheus import middleware as dp
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,12 @@ _METHODS = frozenset(
 )
 _INVALID_METHOD = "<invalid method>"
 _UNNAMED_VIEW = "<unnamed view>"
+#: Where ``process_request`` leaves ``(method label, transport label)`` for later hooks.
+_FACTS = "_netpoint_method_transport"
+_MISSING = object()
+
+#: A list of ``(value object, amount)`` pairs to add, in one call of the value class.
+Updates = list[tuple[Any, float]]
 
 # The label names our fast path assumes, per attribute of django-prometheus's ``Metrics``.
 _EXPECTED_LABELS: dict[str, tuple[str, ...]] = {
@@ -87,12 +100,102 @@ def _inc(metric: Any, key: tuple[str, ...]) -> None:
 inc_child = _inc
 
 
+def child_value(metric: Any, key: tuple[str, ...]) -> Any:
+    """The value object of the labelled child for ``key``: what ``inc`` ends in."""
+    child = metric._metrics.get(key)
+    if child is None:
+        child = metric.labels(*key)
+    return child._value
+
+
 def _observe(hist: Any, amount: float) -> None:
     """``Histogram.observe`` without the checks and the bucket loop (same values)."""
     hist._sum.inc(amount)
     i = bisect_left(hist._upper_bounds, amount)
     if i < len(hist._buckets):
         hist._buckets[i].inc(1)
+
+
+def _add_observation(updates: Updates, hist: Any, amount: float) -> None:
+    """What :func:`_observe` would add, appended to ``updates`` instead (same values)."""
+    updates.append((hist._sum, amount))
+    i = bisect_left(hist._upper_bounds, amount)
+    if i < len(hist._buckets):
+        updates.append((hist._buckets[i], 1))
+
+
+#: Django's own ``charset`` property, whose answer :func:`_charset_label` may remember.
+_DJANGO_CHARSET = HttpResponseBase.__dict__.get("charset")
+#: ``str(response.charset)`` by Content-Type header, for responses without an explicit one.
+_charsets: dict[Any, str] = {}
+_CHARSETS_MAX = 64
+
+
+def _charset_label(response: Any) -> str | None:
+    """``str(response.charset)``, or None for a response without ``charset``.
+
+    Django's property runs a regex over the Content-Type header on every call and, when
+    it finds no charset there (``application/json``), reads ``DEFAULT_CHARSET`` through the
+    lazy settings: ~1.5 us. For a response that has Django's very property and no explicit
+    charset, the answer depends only on that header and ``DEFAULT_CHARSET``, so it is
+    remembered per header value (a site sends a handful; bounded all the same) and forgotten
+    when ``DEFAULT_CHARSET`` changes. Anything else asks the property, once.
+    """
+    if (
+        getattr(type(response), "charset", None) is _DJANGO_CHARSET
+        and getattr(response, "_charset", _MISSING) is None
+    ):
+        content_type = response.headers.get("Content-Type")
+        label = _charsets.get(content_type)
+        if label is None:
+            label = str(response.charset)
+            if len(_charsets) < _CHARSETS_MAX:
+                _charsets[content_type] = label
+        return label
+    charset = getattr(response, "charset", _MISSING)
+    return None if charset is _MISSING else str(charset)
+
+
+def _forget_charsets(*, setting: str, **kwargs: Any) -> None:
+    if setting == "DEFAULT_CHARSET":
+        _charsets.clear()
+
+
+setting_changed.connect(_forget_charsets, dispatch_uid="netpoint_metrics.instrumentation")
+
+
+def _inc_each(updates: Iterable[tuple[Any, float]]) -> None:
+    """For value classes without ``inc_many`` (prometheus-client's own): one ``inc`` each."""
+    for value, amount in updates:
+        value.inc(amount)
+
+
+def _batch_for(metrics: Any) -> Callable[[Updates], None]:
+    """The ``inc_many`` of the value class the metrics write through, else :func:`_inc_each`.
+
+    Our ``inc_many`` takes any value object (those it does not own go through their own
+    ``inc``), so one chosen here is right even if some children were made by another class.
+    """
+    value = getattr(getattr(metrics, "requests_total", None), "_value", None)
+    batch = getattr(type(value), "inc_many", None)
+    return batch if callable(batch) else _inc_each
+
+
+def _method_label(request: Any) -> str:
+    method = request.method
+    return method if method in _METHODS else _INVALID_METHOD
+
+
+def _facts(request: Any) -> tuple[str, str]:
+    """``(method, transport)`` labels as django-prometheus's ``_method``/``_transport``.
+
+    ``is_secure()`` reads settings through Django's lazy settings object (~0.5 us); the
+    answer does not change within a request, so ``process_request`` works both out once.
+    """
+    facts = getattr(request, _FACTS, None)
+    if facts is None:  # a hook called without our process_request (tests, other code)
+        facts = (_method_label(request), "https" if request.is_secure() else "http")
+    return facts  # type: ignore[no-any-return]
 
 
 def _fast_ok(metrics: Any) -> bool:
@@ -105,12 +208,33 @@ def _fast_ok(metrics: Any) -> bool:
     return True
 
 
-class PrometheusBeforeMiddleware(dp.PrometheusBeforeMiddleware):
+class _DirectCall:
+    """``__call__`` for a sync chain without ``MiddlewareMixin``'s per-request checks.
+
+    Django's ``MiddlewareMixin.__call__`` asks, on every request, whether it runs async
+    and whether the instance has ``process_request``/``process_response`` (ours always
+    do). In a sync chain this calls the two hooks directly, in the same order and with the
+    same short-circuit; an async chain (``async_mode``, set by Django when the next handler
+    is a coroutine function) goes through the mixin unchanged.
+    """
+
+    async_mode: bool
+    get_response: Callable[[Any], Any]
+
+    def __call__(self, request: Any) -> Any:
+        if self.async_mode:
+            return super().__call__(request)  # type: ignore[misc]  # the mixin's __acall__
+        response = self.process_request(request) or self.get_response(request)  # type: ignore[attr-defined]
+        return self.process_response(request, response)  # type: ignore[attr-defined]
+
+
+class PrometheusBeforeMiddleware(_DirectCall, dp.PrometheusBeforeMiddleware):
     """Counts requests and whole-stack latency; put it first in ``MIDDLEWARE``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fast = _fast_ok(self.metrics)
+        self._inc_many = _batch_for(self.metrics)
         if not self._fast:
             log.info("netpoint-metrics: custom django-prometheus metrics; using its own code path")
 
@@ -125,17 +249,18 @@ class PrometheusBeforeMiddleware(dp.PrometheusBeforeMiddleware):
         if not self._fast:
             return super().process_response(request, response)
         m = self.metrics
-        m.responses_total._value.inc(1)
+        updates: Updates = [(m.responses_total._value, 1)]
         try:
             started = request.prometheus_before_middleware_event
         except AttributeError:
-            m.requests_unknown_latency_before._value.inc(1)
+            updates.append((m.requests_unknown_latency_before._value, 1))
         else:
-            _observe(m.requests_latency_before, _now() - started)
+            _add_observation(updates, m.requests_latency_before, _now() - started)
+        self._inc_many(updates)
         return response
 
 
-class PrometheusAfterMiddleware(dp.PrometheusAfterMiddleware):
+class PrometheusAfterMiddleware(_DirectCall, dp.PrometheusAfterMiddleware):
     """Counts by method, view, status, sizes and view latency; put it last in ``MIDDLEWARE``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -149,6 +274,7 @@ class PrometheusAfterMiddleware(dp.PrometheusAfterMiddleware):
             and cls._get_view_name is base._get_view_name
             and _fast_ok(self.metrics)
         )
+        self._inc_many = _batch_for(self.metrics)
         if not self._fast:
             log.info(
                 "netpoint-metrics: customised django-prometheus middleware; using its code path"
@@ -158,20 +284,22 @@ class PrometheusAfterMiddleware(dp.PrometheusAfterMiddleware):
         if not self._fast:
             return super().process_request(request)
         m = self.metrics
-        method = request.method
-        if method not in _METHODS:
-            method = _INVALID_METHOD
+        method = _method_label(request)
         transport = "https" if request.is_secure() else "http"
-        _inc(m.requests_by_method, (method,))
-        _inc(m.requests_by_transport, (transport,))
+        setattr(request, _FACTS, (method, transport))
+        updates: Updates = [
+            (child_value(m.requests_by_method, (method,)), 1),
+            (child_value(m.requests_by_transport, (transport,)), 1),
+        ]
         meta = request.META
         if meta.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest":
-            m.requests_ajax._value.inc(1)
+            updates.append((m.requests_ajax._value, 1))
         try:
             content_length = int(meta.get("CONTENT_LENGTH") or 0)
         except ValueError:
             content_length = 0
-        _observe(m.requests_body_bytes, content_length)
+        _add_observation(updates, m.requests_body_bytes, content_length)
+        self._inc_many(updates)
         request.prometheus_after_middleware_event = _now()
         return None
 
@@ -182,10 +310,7 @@ class PrometheusAfterMiddleware(dp.PrometheusAfterMiddleware):
             return super().process_view(request, view_func, *view_args, **view_kwargs)
         match = getattr(request, "resolver_match", _UNNAMED_VIEW)
         if match is not _UNNAMED_VIEW:
-            method = request.method
-            if method not in _METHODS:
-                method = _INVALID_METHOD
-            transport = "https" if request.is_secure() else "http"
+            method, transport = _facts(request)
             name = match.view_name or _UNNAMED_VIEW
             # Label order of requests_by_view_transport_method: view, transport, method.
             _inc(self.metrics.requests_by_view_transport_method, (name, transport, method))
@@ -209,28 +334,41 @@ class PrometheusAfterMiddleware(dp.PrometheusAfterMiddleware):
         if not self._fast:
             return super().process_response(request, response)
         m = self.metrics
-        raw_method = request.method
-        method = raw_method if raw_method in _METHODS else _INVALID_METHOD
+        method = _facts(request)[0]
         name = self._view_name(request)
         status = str(response.status_code)
-        _inc(m.responses_by_status, (status,))
-        # Label order of responses_by_status_view_method: status, view, method.
-        _inc(m.responses_by_status_view_method, (status, name, method))
-        if hasattr(response, "charset"):
-            _inc(m.responses_by_charset, (str(response.charset),))
+        updates: Updates = [
+            (child_value(m.responses_by_status, (status,)), 1),
+            # Label order of responses_by_status_view_method: status, view, method.
+            (child_value(m.responses_by_status_view_method, (status, name, method)), 1),
+        ]
+        charset = _charset_label(response)
+        if charset is not None:
+            updates.append((child_value(m.responses_by_charset, (charset,)), 1))
         if getattr(response, "streaming", False):
-            m.responses_streaming._value.inc(1)
-        if hasattr(response, "content"):
-            _observe(m.responses_body_bytes, len(response.content))
+            updates.append((m.responses_streaming._value, 1))
+        content = getattr(response, "content", _MISSING)  # read once: it joins the chunks
+        if content is not _MISSING:
+            _add_observation(updates, m.responses_body_bytes, len(content))
         try:
             started = request.prometheus_after_middleware_event
         except AttributeError:
-            m.requests_unknown_latency._value.inc(1)
+            updates.append((m.requests_unknown_latency._value, 1))
         else:
             # django-prometheus labels this one with the raw request method.
-            hist = _child(m.requests_latency_by_view_method, (name, str(raw_method)))
-            _observe(hist, _now() - started)
+            hist = _child(m.requests_latency_by_view_method, (name, str(request.method)))
+            _add_observation(updates, hist, _now() - started)
+        self.add_response_updates(request, method, name, updates)
+        self._inc_many(updates)
         return response
+
+    def add_response_updates(self, request: Any, method: str, view: str, updates: Updates) -> None:
+        """Hook for subclasses with counters of their own (NetBox's): append to ``updates``.
+
+        Called by the fast ``process_response`` with the labels it already worked out
+        (``method`` as django-prometheus's ``_method``, ``view`` as ``_get_view_name``), so
+        the extra counters share its lock round-trip and cost no second look-up.
+        """
 
     def process_exception(self, request: Any, exception: Any) -> None:
         if not self._fast:

@@ -21,12 +21,13 @@ error break a request.
 from __future__ import annotations
 
 import logging
-import os
+import threading
 
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
 
 from netpoint_metrics import metrics
+from netpoint_metrics.core.values import new_process_flag
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,30 @@ def _warm_metrics_route(path: str) -> None:
         log.debug("netpoint-metrics: metrics route not warmed", exc_info=True)
 
 
+#: Reads 0 in a process that has not set ``netpoint_worker_up`` yet (a forked child too).
+_up_flag = None
+_up_flag_lock = threading.Lock()
+
+
+def _worker_up_flag():
+    """The process-wide flag, made with the first middleware (never at import)."""
+    global _up_flag
+    with _up_flag_lock:
+        if _up_flag is None:
+            _up_flag = new_process_flag()
+    return _up_flag
+
+
 class NetpointMetricsMiddleware:
     def __init__(self, get_response):
         if not getattr(settings, "METRICS_ENABLED", False):
             raise MiddlewareNotUsed("METRICS_ENABLED is off")  # Django drops it: zero cost
         self.get_response = get_response
         self.metrics_path = metrics_path()
-        self._up_in = 0  # the process that has set netpoint_worker_up
+        # Set once per process, after a fork too (its own file starts at 0); a wipe-on-fork
+        # byte tells a new process without os.getpid() on every request.
+        self._up = _worker_up_flag()
+        self._in_progress = None  # the gauge's value object, found on the first request
         _warm_metrics_route(self.metrics_path)
 
     def __call__(self, request):
@@ -74,13 +92,14 @@ class NetpointMetricsMiddleware:
             request.urlconf = METRICS_URLCONF
         in_progress = None
         try:
-            gauges = metrics.live_gauges()
-            pid = os.getpid()
-            if self._up_in != pid:  # once per process: its own file starts at 0
-                gauges.worker_up.set(1)
-                self._up_in = pid
-            # The value objects themselves: what Gauge.inc/dec end in, without the checks.
-            in_progress = gauges.in_progress._value
+            # The value object itself: what Gauge.inc/dec end in, without the checks. It
+            # stays the same object for the life of the process (a fork re-binds it).
+            in_progress = self._in_progress
+            if in_progress is None:
+                in_progress = self._in_progress = metrics.live_gauges().in_progress._value
+            if not self._up[0]:
+                metrics.live_gauges().worker_up.set(1)
+                self._up[0] = 1
             in_progress.inc(1)
         except Exception:
             log.exception("netpoint-metrics: gauge update failed")

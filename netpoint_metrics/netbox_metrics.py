@@ -78,26 +78,42 @@ class PrometheusAfterMiddleware(instrumentation.PrometheusAfterMiddleware):
         self.api_prefix = _under_base(getattr(settings, "NETPOINT_API_PREFIX", "/api/"))
         self.graphql_path = _under_base(getattr(settings, "NETPOINT_GRAPHQL_PATH", "/graphql/"))
 
+    def add_response_updates(self, request, method, view, updates):
+        """The API counters, in the base class's batch (fast path only).
+
+        ``method`` and ``view`` are the labels NetBox's middleware gets from
+        ``_method``/``_get_view_name``, already worked out by the base class.
+        """
+        try:
+            path = request.path_info
+            if path.startswith(self.api_prefix):
+                m, value = self.metrics, instrumentation.child_value
+                # Label order of rest_api_requests_by_view_method: view, method.
+                updates += (
+                    (value(m.rest_api_requests, (method,)), 1),
+                    (value(m.rest_api_requests_by_view_method, (view, method)), 1),
+                )
+            elif path == self.graphql_path and request.content_type == "application/json":
+                updates.append((self.metrics.graphql_api_requests._value, 1))
+        except Exception:
+            log.exception("netpoint-metrics: API counter update failed")
+
     def process_response(self, request, response):
         response = super().process_response(request, response)
+        if self._fast:
+            return response  # counted by add_response_updates, in the same batch
         try:
             path = request.path_info
             if path.startswith(self.api_prefix):
                 method = self._method(request)
                 view = self._get_view_name(request)
-                if self._fast:  # cached children, no labels() call (same values)
-                    m = self.metrics
-                    instrumentation.inc_child(m.rest_api_requests, (method,))
-                    # Label order of rest_api_requests_by_view_method: view, method.
-                    instrumentation.inc_child(m.rest_api_requests_by_view_method, (view, method))
-                else:
-                    self.label_metric(self.metrics.rest_api_requests, request, method=method).inc()
-                    self.label_metric(
-                        self.metrics.rest_api_requests_by_view_method,
-                        request,
-                        method=method,
-                        view=view,
-                    ).inc()
+                self.label_metric(self.metrics.rest_api_requests, request, method=method).inc()
+                self.label_metric(
+                    self.metrics.rest_api_requests_by_view_method,
+                    request,
+                    method=method,
+                    view=view,
+                ).inc()
             elif path == self.graphql_path and request.content_type == "application/json":
                 self.metrics.graphql_api_requests.inc()
         except Exception:

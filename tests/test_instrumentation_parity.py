@@ -3,7 +3,8 @@
 One request sequence (every status class, methods valid and invalid, AJAX, HTTPS, a body, a
 cache miss and hit, a view that raises from the database: a duplicate unique name) runs
 through the sample app
-twice, each in its own process and metrics directory:
+twice (and a few requests through Django's async handler), each in its own process and
+metrics directory:
 
 * stock: django-prometheus's middlewares and database backend, prometheus-client's own
   ``MultiProcessValue``;
@@ -117,6 +118,19 @@ for round_ in range(3):
         c.delete(f"/api/devices/{round_ + 1}/"),
     ]:
         statuses.append(r.status_code)
+# The same middlewares in an async chain (ASGI): Django runs them in async mode, where ours
+# take the mixin's own path; a view raising (duplicate name: 500) is counted there too.
+import asyncio
+from django.test import AsyncClient
+async def async_requests():
+    ac = AsyncClient(raise_request_exception=False)
+    return [
+        (await ac.get("/api/devices/")).status_code,
+        (await ac.get("/api/devices/1/", HTTP_X_REQUESTED_WITH="XMLHttpRequest")).status_code,
+        (await ac.post("/api/sites/", {"name": "s0", "slug": "s0"}, content_type=J)).status_code,
+        (await ac.generic("BREW", "/api/sites/")).status_code,
+    ]
+statuses += asyncio.run(async_requests())
 # Responses the sample app never makes: a template response and a streaming one, through
 # the variant's own After middleware.
 from importlib import import_module
@@ -222,8 +236,9 @@ def test_same_families_names_labels_and_values_as_django_prometheus(tmp_path: Pa
     ):
         assert name in families, f"{name} missing from the compared output"
     key = ("django_http_requests_total_by_method", "django_http_requests_total_by_method_total")
-    assert stock[(*key, (("method", "<invalid method>"),))] == 3.0
-    assert stock[(*key, (("method", "GET"),))] == 3.0 * 7 + 2  # + the two direct calls
+    assert stock[(*key, (("method", "<invalid method>"),))] == 3.0 + 1  # + one async
+    # + two async requests and the two direct calls
+    assert stock[(*key, (("method", "GET"),))] == 3.0 * 7 + 2 + 2
     assert (
         stock[("django_http_responses_streaming", "django_http_responses_streaming_total", ())] == 2
     )

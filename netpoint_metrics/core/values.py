@@ -10,7 +10,8 @@ same format (:mod:`.valuefile`), with three differences that matter in productio
   store through a ``memoryview`` at an index fixed when the value was bound. A fork is
   noticed by ``os.register_at_fork`` (forks made through Python) or by the guard byte
   reading 0 (forks made from C, as uWSGI does); either switches every value to a slow class
-  (``__class__`` assignment) that re-binds on first use.
+  (``__class__`` assignment) that re-binds on first use. ``Value.inc_many`` applies a
+  group of increments (one middleware hook's) under one lock, with the same checks.
 * **A child never writes into its parent's files.** After a fork, the first update in the
   child (any thread) re-binds every value to new files named by the child's own identifier
   (``identity.current``: ``<pid>-<nonce>`` and a new lease), starting from zero, as stock
@@ -39,7 +40,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from netpoint_metrics.core.keyorder import ORDERED_PREFIXES, KeyOrder
@@ -125,6 +126,22 @@ def _fork_guard() -> tuple[Any, bool]:
             exc,
         )
         return bytearray(b"\x01"), False
+
+
+def new_process_flag() -> Any:
+    """A one-byte flag, 0 until set, that reads 0 again in every forked child.
+
+    For "once per process" work on a hot path (the request middleware marks the worker up
+    on its first request), where ``os.getpid()`` on every call would cost a system call:
+    the same wipe-on-fork page as the values' guard, so forks made from C (uWSGI) clear it
+    too. Where the kernel lacks it, an at-fork handler clears it (forks through Python).
+    Call it once per use (each registers a handler in that case), not per request.
+    """
+    flag, wipes = _fork_guard()
+    flag[0] = 0
+    if not wipes:
+        os.register_at_fork(after_in_child=lambda: flag.__setitem__(0, 0))
+    return flag
 
 
 def make_value_class(process_identifier: Callable[[], str], *, shared_order: bool = True) -> type:
@@ -349,6 +366,32 @@ def make_value_class(process_identifier: Callable[[], str], *, shared_order: boo
                 view[i] = value
                 view[i + 1] = ts
 
+    def inc_many(updates: Iterable[tuple[Any, float]]) -> None:
+        """Add each ``amount`` to its ``value``, taking the lock once for all of them.
+
+        A request updates a dozen values in one middleware hook; one lock round-trip
+        (~120 ns) and one method call per value is most of what each update costs. Same
+        result as ``value.inc(amount)`` for every pair, in one critical section for the
+        values bound here. Any other value (unbound: after a fork or while the disk is
+        full, or made by another value class) goes through its own ``inc`` after the
+        lock is released, so it re-binds, counts a dropped update or keeps a gauge's state
+        exactly as ``inc`` would.
+        """
+        if not guard[0]:
+            forked()  # every value is slow now: all take their own inc below
+        slow: list[tuple[Any, float]] = []
+        with state.lock:
+            for value, amount in updates:
+                # Checked under the lock: close_all may unbind a value meanwhile.
+                if value.__class__ is Value:
+                    v = value._value + amount
+                    value._value = v
+                    value._view[value._index] = v
+                else:
+                    slow.append((value, amount))
+        for value, amount in slow:
+            value.inc(amount)
+
     def close_all() -> None:
         with state.lock:
             for f in state.files.values():
@@ -389,6 +432,7 @@ def make_value_class(process_identifier: Callable[[], str], *, shared_order: boo
         guard[0] = 1
 
     os.register_at_fork(after_in_child=forked)
+    Value.inc_many = staticmethod(inc_many)  # type: ignore[attr-defined]
     Value.__qualname__ = Value.__name__ = "NetpointValue"
     SlowValue.__qualname__ = SlowValue.__name__ = "NetpointSlowValue"
     return Value
