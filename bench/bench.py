@@ -330,7 +330,8 @@ def _ours(d: Path, exact: bool) -> CollectorRegistry:
 
 
 def forget_process_caches() -> None:
-    """What a new worker process does not have yet: compiled formats, bucket-bound texts.
+    """What a new worker process does not have yet: compiled formats and their fields,
+    bucket-bound texts.
 
     Collectors share these within a process; measuring "cold" with them warm from an
     earlier round would flatter the first scrape of a worker that was just started.
@@ -338,6 +339,8 @@ def forget_process_caches() -> None:
     from netpoint_metrics.core import families, layouts
 
     layouts._structs.clear()
+    for fields in (layouts._HEAD_FIELDS, layouts._VALUE_FIELDS, layouts._PAIR_FIELDS):
+        fields.clear()
     families._go_floats.clear()
 
 

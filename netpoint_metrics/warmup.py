@@ -4,9 +4,9 @@ Prometheus scrapes ``/metrics`` every 15 to 60 seconds and the server hands each
 whichever worker accepts it: with N workers a worker answers about one scrape in N, and a
 recycled worker has answered none. A collector that has not read the directory lately has
 to learn the files' layouts and series first (the cold scrape, about twice a warm one).
-So each worker reads (and renders) the directory now and then on its own: a few seconds
-after it starts (and it loads, once, the migration graph the migration gauges need), again
-once its first traffic has settled the keys, and then about every
+So each worker reads (and renders) the directory now and then on its own: after its first
+response (and it loads, once, the migration graph the migration gauges need), a few
+seconds later, again once its first traffic has settled the keys, and then about every
 ``NETPOINT_METRICS_WARM_EVERY`` seconds (default 30; 0 turns this off) that it goes
 without a scrape. Whichever worker gets the scrape then finds its caches warm.
 
@@ -55,12 +55,16 @@ def every() -> float | None:
 def schedule(period: float, rng: random.Random) -> Iterator[tuple[float, float]]:
     """(seconds until the next read is due, least idle time to do it) for each turn.
 
-    Soon after the start (a recycled worker joins a directory full of other workers'
-    files), again once the first traffic has settled the keys (new workers are still
-    adding theirs during the first seconds), then about once per period. Every delay is
-    spread at random so that workers started together do not read together, and a
-    worker that a scrape has just read skips its turn.
+    At the worker's first response (a recycled worker joins a directory full of other
+    workers' files, and may get no more traffic before its first scrape: measured, 48
+    Gunicorn workers that each served ~60 requests in their first two seconds and then
+    waited were all cold at their first scrape), a few seconds later, again once the
+    first traffic has settled the keys (new workers are still adding theirs during the
+    first seconds), then about once per period. Every later delay is spread at random so
+    that workers started together do not read together, and a worker that a scrape has
+    just read skips its turn.
     """
+    yield 0.0, 0.0
     yield FIRST_DELAY * (1.0 + 2.0 * rng.random()), 2.0
     second = min(period, SECOND_DELAY)
     yield second * (1.0 + 2.0 * rng.random()), second / 2

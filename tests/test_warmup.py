@@ -52,6 +52,19 @@ def test_every_worker_warms_itself_and_counts_stay_exact(server_factory, tmp_pat
     assert "Traceback" not in srv.log_tail(400)
 
 
+@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
+def test_a_worker_reads_after_its_first_response(server_factory, tmp_path, kind):
+    """With the default period, one response is enough: a worker that then waits for its
+    first scrape (a recycled worker on a quiet site) has read the directory already."""
+    env = servers.base_env(tmp_path, NETPOINT_MAX_REQUESTS="0")
+    srv = server_factory(kind, env=env, workers=1)
+    assert srv.get("/api/sites/")[0] == 200
+    # The read runs after the response is sent: poll (bounded) for the counter.
+    servers.wait_for(
+        lambda: _background(srv) >= 1, timeout=20, what="a read after the first response"
+    )
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"), [("0", None), ("5", 5.0), ("", float(warmup.DEFAULT_EVERY))]
 )
@@ -110,8 +123,9 @@ def test_the_schedule_spreads_workers_and_settles_on_the_period():
 
     firsts, seconds = [], []
     for seed in range(200):
-        steps = list(itertools.islice(warmup.schedule(30.0, random.Random(seed)), 6))
-        (d1, i1), (d2, i2), *later = steps
+        steps = list(itertools.islice(warmup.schedule(30.0, random.Random(seed)), 7))
+        (d0, i0), (d1, i1), (d2, i2), *later = steps
+        assert (d0, i0) == (0.0, 0.0)  # at the first response: before any scrape can come
         firsts.append(d1)
         seconds.append(d2)
         assert 2.0 <= d1 <= 6.0 and i1 == 2.0
@@ -119,5 +133,5 @@ def test_the_schedule_spreads_workers_and_settles_on_the_period():
         assert all(22.5 <= d <= 37.5 and i == 15.0 for d, i in later)
     # Workers started together do not read together: the delays are spread out.
     assert max(firsts) - min(firsts) > 3.0 and max(seconds) - min(seconds) > 4.0
-    short = list(itertools.islice(warmup.schedule(1.0, random.Random(1)), 3))
-    assert short[1][0] <= 3.0 and short[2][0] <= 1.25
+    short = list(itertools.islice(warmup.schedule(1.0, random.Random(1)), 4))
+    assert short[2][0] <= 3.0 and short[3][0] <= 1.25

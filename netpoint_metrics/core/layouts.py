@@ -17,6 +17,7 @@ entries are walked one by one with :func:`dbfile.iter_entries`, which raises
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import struct
 from collections.abc import Callable
@@ -58,6 +59,33 @@ class _SizeByLength(dict[int, int]):
 
 _ENTRY_SIZE = _SizeByLength()
 _structs: dict[str, struct.Struct] = {}
+
+
+class _Fields(dict[int, str]):
+    """One entry's ``struct`` fields by key length: a format is these joined, and a
+    first read builds formats of hundreds of entries (an f-string per entry costs more
+    than compiling the format)."""
+
+    def __init__(self, field: Callable[[int], str]) -> None:
+        super().__init__()
+        self._field = field
+
+    def __missing__(self, klen: int) -> str:
+        if len(self) > 65536:
+            self.clear()
+        text = self[klen] = self._field(klen)
+        return text
+
+    def format(self, lens: tuple[int, ...]) -> str:
+        return "=8x" + "".join(map(self.__getitem__, lens))
+
+
+#: Each entry's length and key as one field (value and timestamp skipped).
+_HEAD_FIELDS = _Fields(lambda k: f"{4 + k}s{_pad(k)}x16x")
+#: Each entry's value (length, key, padding and timestamp skipped).
+_VALUE_FIELDS = _Fields(lambda k: f"{4 + k + _pad(k)}xd8x")
+#: Each entry's value and timestamp.
+_PAIR_FIELDS = _Fields(lambda k: f"{4 + k + _pad(k)}x2d")
 
 
 def _compiled(fmt: str) -> struct.Struct:
@@ -142,9 +170,8 @@ class Layout:
         if self._all is None:
             # Each entry's length and key as one field (value and timestamp skipped):
             # one object per entry to compare, where reading them apart makes four.
-            body = "".join(f"{4 + k}s{_pad(k)}x16x" for k in self.lens)
-            self._all = _compiled("=8x" + body).unpack_from
-            self._heads = tuple(_LEN.pack(len(k)) + k for k in self.keys)
+            self._all = _compiled(_HEAD_FIELDS.format(self.lens)).unpack_from
+            self._heads = tuple(map(operator.add, map(_LEN.pack, self.lens), self.keys))
         if self._all(data) != self._heads:
             return None
         return self.unpack_values(data), None
@@ -155,15 +182,13 @@ class Layout:
 
     def unpack_values(self, data: bytes) -> tuple[float, ...]:
         if self._values is None:
-            body = "".join(f"{4 + k + _pad(k)}xd8x" for k in self.lens)
-            self._values = _compiled("=8x" + body).unpack_from
+            self._values = _compiled(_VALUE_FIELDS.format(self.lens)).unpack_from
         return self._values(data)
 
     def unpack_pairs(self, data: bytes) -> tuple[float, ...]:
         """(value0, ts0, value1, ts1, ...)."""
         if self._pairs is None:
-            body = "".join(f"{4 + k + _pad(k)}x2d" for k in self.lens)
-            self._pairs = _compiled("=8x" + body).unpack_from
+            self._pairs = _compiled(_PAIR_FIELDS.format(self.lens)).unpack_from
         return self._pairs(data)
 
 
