@@ -357,46 +357,6 @@ def test_db_names_are_parsed_as_the_split_rules_say() -> None:
         assert names.parse_db_name(bad) is None, bad
 
 
-def test_collect_pauses_the_cyclic_gc_and_always_restores_it(tmp_path, monkeypatch) -> None:
-    """A read runs with the cyclic collector paused; its state is restored on every exit."""
-    import gc
-
-    p = FakeProcess(str(tmp_path)).start()
-    try:
-        p.add("counter", K, 2.0)
-        c = DirectoryCollector(str(tmp_path))
-        seen: list[bool] = []
-        real = c._families.build
-
-        def spy(*args, **kwargs):
-            seen.append(gc.isenabled())
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(c._families, "build", spy)
-        assert gc.isenabled()
-        assert samples(c.collect())[("c_total", (("view", "x"),))] == 2.0
-        assert seen == [False] and gc.isenabled()
-        gc.disable()  # a process that runs without it keeps it off
-        try:
-            c.collect()
-            assert not gc.isenabled()
-        finally:
-            gc.enable()
-
-        def broken(*args, **kwargs):
-            raise RuntimeError("boom")
-
-        monkeypatch.setattr(c._families, "build", broken)
-        with pytest.raises(RuntimeError):
-            c.collect()
-        assert gc.isenabled()
-        with pytest.raises(RuntimeError):
-            c.collect_in_background()
-        assert gc.isenabled()
-    finally:
-        p.kill()
-
-
 def test_files_of_one_layout_add_up_exactly(tmp_path) -> None:
     """Many files with one layout are added a column at a time: every value counts once."""
     procs = [FakeProcess(str(tmp_path)).start() for _ in range(9)]

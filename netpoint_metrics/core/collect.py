@@ -22,10 +22,7 @@ families. Unreadable files are skipped with one warning each and never fail the 
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-import operator
 import os
 import threading
 import time
@@ -45,34 +42,9 @@ from netpoint_metrics.core.series import SeriesTable
 log = logging.getLogger(__name__)
 
 _drain: Callable[[Iterator[Any]], None] = deque(maxlen=0).extend  # consume in C
-_call: Callable[[Callable[[float], None], float], None] = getattr(
-    operator, "call", lambda f, v: f(v)
-)  # operator.call: Python >= 3.11
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Keep Python's cyclic garbage collector from starting during one read.
-
-    A read builds thousands of small containers (series plans, parsed keys, samples) that
-    reference counting alone keeps or frees: none of them is part of a cycle. The cyclic
-    collector starts by allocation count, so during a worker's first read of a 48-worker
-    directory it ran about six times (0.25-0.35 ms of ~5 ms) walking those young objects
-    for nothing. The pause is process-wide but short (one read); what other threads
-    allocate meanwhile is collected at the next pass, and a process that runs with the
-    collector switched off stays that way.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-_call_any: Callable[[Any, Any], None] = _call
+# Unbound, called by map with (list, item): no bound method per series is ever made.
+_append: Callable[[list[float], float], None] = list.append
+_extend: Callable[[list[float], Any], None] = list.extend
 
 
 class _GaveWay(Exception):
@@ -189,7 +161,7 @@ class DirectoryCollector:
             except Exception:  # a scrape must not fail because compaction did
                 log.exception("opportunistic fold of %s failed", self.directory)
         self._scrape_waiting.set()  # a background read gives the lock up (between files)
-        with self._lock, _gc_paused():
+        with self._lock:
             self._scrape_waiting.clear()
             return self._collect_locked(t0, None)
 
@@ -204,8 +176,7 @@ class DirectoryCollector:
             return None
         try:
             self.last_collect = time.monotonic()
-            with _gc_paused():
-                return self._collect_locked(time.perf_counter(), self._scrape_waiting.is_set)
+            return self._collect_locked(time.perf_counter(), self._scrape_waiting.is_set)
         except _GaveWay:
             return None
         finally:
@@ -275,7 +246,7 @@ class DirectoryCollector:
                 files += 1
                 _take(got, seen, order, pending)
         if pending:
-            _add_pending(pending, self._table)
+            _add_pending(pending)
         nbytes = self._reader.bytes_read
         if frozen:
             self._add_frozen(frozen, seen, order)
@@ -393,7 +364,7 @@ class DirectoryCollector:
             if got is not None:
                 files += 1
                 _take(got, fseen, forder, pending)
-        _add_pending(pending, table)
+        _add_pending(pending)
         result = _Frozen(
             key=key,
             series=tuple((s, table.values[s][:], table.stamps[s][:]) for s in forder),
@@ -411,9 +382,9 @@ class DirectoryCollector:
         return result
 
 
-#: Files read with one layout, waiting to be added column by column: id(appenders) ->
-#: (slots, appenders, value rows).
-Pending = dict[int, tuple[tuple[int, ...], tuple[Any, ...], list[tuple[float, ...]]]]
+#: Files read with one layout, waiting to be added column by column: id(value lists) ->
+#: (value lists, value rows).
+Pending = dict[int, tuple[tuple[list[float], ...], list[tuple[float, ...]]]]
 
 
 def _take(
@@ -425,33 +396,33 @@ def _take(
     without timestamps are set aside by layout and added by :func:`_add_pending`, one
     column per series instead of one call per value.
     """
-    slots, vapp, tapp, vals, stamps = got
+    slots, vlists, tlists, vals, stamps = got
     if not seen.issuperset(slots):
         for s in slots:
             if s not in seen:
                 seen.add(s)
                 order.append(s)
     if stamps is None and pending is not None:
-        group = pending.get(id(vapp))
+        group = pending.get(id(vlists))
         if group is None:
-            pending[id(vapp)] = (slots, vapp, [vals])
+            pending[id(vlists)] = (vlists, [vals])
         else:
-            group[2].append(vals)
+            group[1].append(vals)
         return
-    _drain(map(_call, vapp, vals))
+    _drain(map(_append, vlists, vals))
     if stamps is not None:
-        _drain(map(_call, tapp, stamps))
+        _drain(map(_append, tlists, stamps))
 
 
-def _add_pending(pending: Pending, table: SeriesTable) -> None:
+def _add_pending(pending: Pending) -> None:
     """Add the files set aside by :func:`_take` to their series, a layout at a time.
 
     Workers' files share a handful of layouts; the values of all files of one layout are
     transposed in C (``zip``) and each series gets its column with one ``extend``.
     """
-    for slots, vapp, rows in pending.values():
+    for vlists, rows in pending.values():
         if len(rows) == 1:
-            _drain(map(_call, vapp, rows[0]))
+            _drain(map(_append, vlists, rows[0]))
         else:
-            _drain(map(_call_any, map(table.vext.__getitem__, slots), zip(*rows, strict=True)))
+            _drain(map(_extend, vlists, zip(*rows, strict=True)))
     pending.clear()

@@ -69,9 +69,12 @@ def read_snapshot(path: str, hint: int = 0) -> Snapshot | None:
         os.close(fd)
 
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+
+
 def open_value_file(path: str) -> int:
     """A read-only descriptor for a value file (never through a symlink)."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    return os.open(path, _OPEN_FLAGS)
 
 
 def read_open(fd: int, path: str, inode: int, hint: int = 0, size: int | None = None) -> Snapshot:

@@ -23,16 +23,17 @@ from collections.abc import Callable
 
 from netpoint_metrics.core import dbfile, names
 from netpoint_metrics.core.layouts import Layout, LayoutCache, Read
-from netpoint_metrics.core.series import PID_MODES, Append, SeriesTable
+from netpoint_metrics.core.series import PID_MODES, Lists, SeriesTable
 
 log = logging.getLogger(__name__)
 
 RECENT_MODES = frozenset({"mostrecent", "livemostrecent"})
-#: What one file gave: its slots, their appenders, values, and timestamps (mostrecent only).
+#: What one file gave: its slots, their value and timestamp lists, its values, and its
+#: timestamps (mostrecent only).
 FileValues = tuple[
     tuple[int, ...],
-    tuple[Append, ...],
-    tuple[Append, ...],
+    Lists,
+    Lists,
     tuple[float, ...],
     "tuple[float, ...] | None",
 ]
@@ -192,15 +193,20 @@ class FileReader:
     def _values(
         self, parsed: names.DbName, layout: Layout, data: bytes, got: Read | None
     ) -> FileValues:
-        pid = parsed.ident if parsed.mode in PID_MODES else None
-        slots, vapp, tapp = self.table.bind(parsed.kind, parsed.mode, layout, pid)
-        if parsed.mode in RECENT_MODES:
+        mode = parsed.mode
+        if mode and mode in PID_MODES:
+            slots, vlists, tlists = self.table.bind(parsed.kind, mode, layout, parsed.ident)
+        elif layout.slots is not None and layout.vlists is not None and layout.tlists is not None:
+            slots, vlists, tlists = layout.slots, layout.vlists, layout.tlists  # bound before
+        else:
+            slots, vlists, tlists = self.table.bind(parsed.kind, mode, layout, None)
+        if mode in RECENT_MODES:
             if got is not None and got[1] is not None:
-                return slots, vapp, tapp, got[0], got[1]
+                return slots, vlists, tlists, got[0], got[1]
             pairs = layout.unpack_pairs(data)
-            return slots, vapp, tapp, pairs[0::2], pairs[1::2]
+            return slots, vlists, tlists, pairs[0::2], pairs[1::2]
         vals = got[0] if got is not None else layout.unpack_values(data)
-        return slots, vapp, tapp, vals, None
+        return slots, vlists, tlists, vals, None
 
     def _unreadable(self, path: str, inode: int, exc: Exception) -> None:
         self.unreadable_total += 1
@@ -235,6 +241,6 @@ class FileReader:
     def forget_slots(self) -> None:
         """The series table was renumbered: no layout's bound slots are valid any more."""
         for layout in self.layouts.layouts():
-            layout.slots = layout.vapp = layout.tapp = None
+            layout.slots = layout.vlists = layout.tlists = None
         for _, layout, _ in self._memo.values():
-            layout.slots = layout.vapp = layout.tapp = None
+            layout.slots = layout.vlists = layout.tlists = None

@@ -111,7 +111,7 @@ class Layout:
     a cheap guard used with the inode and size to recognise a file seen before. Formats
     are compiled on first use: most layouts learned in a scrape are read once.
 
-    ``slots``, ``vapp`` and ``tapp`` belong to the series table
+    ``slots``, ``vlists`` and ``tlists`` belong to the series table
     (:mod:`.series`): which series each value is, bound once per layout.
     """
 
@@ -127,8 +127,8 @@ class Layout:
         "check",
         "_probes",
         "slots",
-        "vapp",
-        "tapp",
+        "vlists",
+        "tlists",
     )
 
     def __init__(self, keys: tuple[bytes, ...], used: int) -> None:
@@ -150,8 +150,8 @@ class Layout:
             (starts[i] + 4, keys[i]) for i in sorted({n // 4, n // 2, (3 * n) // 4}) if i < n
         )
         self.slots: tuple[int, ...] | None = None
-        self.vapp: tuple[Callable[[float], None], ...] | None = None
-        self.tapp: tuple[Callable[[float], None], ...] | None = None
+        self.vlists: tuple[list[float], ...] | None = None
+        self.tlists: tuple[list[float], ...] | None = None
 
     def fits(self, data: bytes, last_key_checked: bool = False) -> Read | None:
         """(values, None) if ``data`` has exactly these key lengths and keys, else None.

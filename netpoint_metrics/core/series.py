@@ -4,14 +4,15 @@ A series is what the stock collector would key a sample by before adding process
 kind, gauge mode, metric, sample name, labels and, for ``all`` gauges, the process. Each
 has a number (its slot), one list of the values read for it in the current scrape and one
 of their timestamps. The lists live as long as the table, so a :class:`~.layouts.Layout`
-can hold their bound ``append`` methods and reading a file into them is one C-level
-``map``, with no Python loop per value.
+can hold the lists of its values and reading a file into them is one C-level ``map`` of
+``list.append``, with no Python loop per value (and no bound method per series: a first
+read makes hundreds of series, and every object it makes is one more for the cyclic
+garbage collector to walk).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from netpoint_metrics.core import dbfile
@@ -20,7 +21,8 @@ from netpoint_metrics.core.layouts import Layout
 log = logging.getLogger(__name__)
 
 Labels = tuple[tuple[str, str], ...]
-Append = Callable[[float], None]
+#: The value (or timestamp) lists of a file's series, in the file's order.
+Lists = tuple[list[float], ...]
 PID_MODES = frozenset({"all", "liveall"})
 
 
@@ -81,24 +83,21 @@ class SeriesTable:
         self.plans: list[Plan] = []
         self.values: list[list[float]] = []
         self.stamps: list[list[float]] = []
-        self.vapp: list[Append] = []
-        self.tapp: list[Append] = []
-        #: ``extend`` of each value list: a column of many files' values in one call.
-        self.vext: list[Callable[[Iterable[float]], None]] = []
 
     def __len__(self) -> int:
         return len(self.plans)
 
     def bind(
         self, kind: str, mode: str, layout: Layout, pid: str | None
-    ) -> tuple[tuple[int, ...], tuple[Append, ...], tuple[Append, ...]]:
-        """The slot of each value of a file with this layout, and their appenders.
+    ) -> tuple[tuple[int, ...], Lists, Lists]:
+        """The slot of each value of a file with this layout, and their value and timestamp
+        lists.
 
         For every kind but "all" gauges (``pid`` given) the answer depends on the layout
         alone and is kept on it, so the next file with that layout costs nothing. Raises
         dbfile.CorruptFile for a key that is not prometheus-client's.
         """
-        bound = layout.slots, layout.vapp, layout.tapp
+        bound = layout.slots, layout.vlists, layout.tlists
         if pid is None and bound[0] is not None and bound[1] is not None and bound[2] is not None:
             return bound[0], bound[1], bound[2]
         by_key = self._by_key.get((kind, mode, pid))
@@ -108,11 +107,11 @@ class SeriesTable:
             slots = tuple(map(by_key.__getitem__, layout.keys))
         except KeyError:
             slots = self._new_keys(kind, mode, layout.keys, pid, by_key)
-        vapp = tuple(map(self.vapp.__getitem__, slots))
-        tapp = tuple(map(self.tapp.__getitem__, slots))
+        vlists = tuple(map(self.values.__getitem__, slots))
+        tlists = tuple(map(self.stamps.__getitem__, slots))
         if pid is None:
-            layout.slots, layout.vapp, layout.tapp = slots, vapp, tapp
-        return slots, vapp, tapp
+            layout.slots, layout.vlists, layout.tlists = slots, vlists, tlists
+        return slots, vlists, tlists
 
     def _new_keys(
         self,
@@ -154,13 +153,8 @@ class SeriesTable:
         self._slot_of[skey] = slot
         self._identities.append(skey)
         self.plans.append(plan)
-        v: list[float] = []
-        t: list[float] = []
-        self.values.append(v)
-        self.stamps.append(t)
-        self.vapp.append(v.append)
-        self.tapp.append(t.append)
-        self.vext.append(v.extend)
+        self.values.append([])
+        self.stamps.append([])
         return slot
 
     def clear_values(self) -> None:
@@ -189,9 +183,6 @@ class SeriesTable:
         self.plans.clear()
         self.values.clear()
         self.stamps.clear()
-        self.vapp.clear()
-        self.tapp.clear()
-        self.vext.clear()
         for skey, plan, vals, stamps in keep:
             slot = self._add(skey, plan)
             self.values[slot].extend(vals)
