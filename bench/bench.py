@@ -589,7 +589,8 @@ B3_ENDPOINTS = {
 SETUPS = ("on", "off", "stock")
 
 
-def wrk(url: str, seconds: int) -> float:
+def wrk(url: str, seconds: int) -> tuple[float, int]:
+    """(requests per second, requests completed) of one wrk run."""
     exe = shutil.which("wrk")
     if not exe:
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -600,10 +601,37 @@ def wrk(url: str, seconds: int) -> float:
         timeout=seconds + 60,
         check=True,
     ).stdout
+    rps = done = None
     for line in out.splitlines():
         if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
-    raise RuntimeError(out)
+            rps = float(line.split()[1])
+        elif " requests in " in line:
+            done = int(line.split()[0])
+    if rps is None or done is None:
+        raise RuntimeError(out)
+    return rps, done
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used by a server: its master, its live workers, and reaped ones.
+
+    Throughput on the server's pinned CPU also drops whenever another tenant of this
+    shared machine runs there; the CPU the server itself spends per request does not.
+    """
+
+    def stat(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    master = stat(pid)  # fields after "(comm)": utime, stime, cutime, cstime at 11..14
+    ticks = sum(int(x) for x in master[11:15])
+    for child in servers_children(pid):
+        with contextlib.suppress(OSError):
+            ticks += sum(int(x) for x in stat(child)[11:13])
+    return ticks / _TICK
 
 
 def rss_kb(pid: int) -> int:
@@ -664,16 +692,30 @@ def b3(quick: bool) -> dict:
                 pks[setup] = warm(srvs[setup], 60)
             for endpoint, (path, label) in B3_ENDPOINTS.items():
                 rps: dict[str, list[float]] = {s: [] for s in SETUPS}
+                cpu: dict[str, list[float]] = {s: [] for s in SETUPS}  # server us/request
                 for r in range(rounds):
                     for setup in _rotated(r):
                         url = srvs[setup].url + path.replace("<id>", str(pks[setup]))
-                        rps[setup].append(wrk(url, seconds))
+                        before = tree_cpu_seconds(srvs[setup].pid)
+                        got, done = wrk(url, seconds)
+                        rps[setup].append(got)
+                        used = tree_cpu_seconds(srvs[setup].pid) - before
+                        cpu[setup].append(used / max(done, 1) * 1e6)
                 row: dict = {"endpoint": label}
                 for setup in SETUPS:
                     row[f"rps_{setup}"] = spread(rps[setup])
+                    row[f"server_cpu_us_{setup}"] = spread(cpu[setup])
                 row["ratio"] = spread([a / b for a, b in zip(rps["on"], rps["off"], strict=True)])
                 row["ratio_stock"] = spread(
                     [a / b for a, b in zip(rps["stock"], rps["off"], strict=True)]
+                )
+                # The throughput the server's own CPU allows, on over off: off's CPU per
+                # request over on's, per round.
+                row["cpu_ratio"] = spread(
+                    [b / a for a, b in zip(cpu["on"], cpu["off"], strict=True)]
+                )
+                row["cpu_ratio_stock"] = spread(
+                    [b / a for a, b in zip(cpu["stock"], cpu["off"], strict=True)]
                 )
                 for setup in SETUPS:
                     workers = servers_children(srvs[setup].pid)
@@ -684,7 +726,13 @@ def b3(quick: bool) -> dict:
                     f"{row['rps_off']['median']:7.0f} stock {row['rps_stock']['median']:7.0f}; "
                     f"on/off {row['ratio']['median']:.2f} "
                     f"[{row['ratio']['min']:.2f}-{row['ratio']['max']:.2f}], stock/off "
-                    f"{row['ratio_stock']['median']:.2f}"
+                    f"{row['ratio_stock']['median']:.2f}; server CPU us/request on "
+                    f"{row['server_cpu_us_on']['median']:.0f} off "
+                    f"{row['server_cpu_us_off']['median']:.0f} stock "
+                    f"{row['server_cpu_us_stock']['median']:.0f}: off/on "
+                    f"{row['cpu_ratio']['median']:.2f} [{row['cpu_ratio']['min']:.2f}-"
+                    f"{row['cpu_ratio']['max']:.2f}], off/stock "
+                    f"{row['cpu_ratio_stock']['median']:.2f}"
                 )
         finally:
             for srv in srvs.values():

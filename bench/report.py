@@ -139,17 +139,33 @@ def table(r: dict, source: str) -> str:
             f"connections, {b3['seconds_per_run']} s per run, {b3['rounds']} alternating "
             f"rounds, {b3.get('workers', 4)} workers), and memory**",
             "",
-            "| server | endpoint | off rps | ours on rps | ours / off | stock rps | stock / off | worker RSS off / ours / stock kB |",
-            "|---|---|---|---|---|---|---|---|",
+            "| server | endpoint | off rps | ours on rps | ours / off | stock rps | stock / off | server CPU us/request off / ours / stock | CPU-bound throughput ours / off | stock / off | worker RSS off / ours / stock kB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key, x in b3["rows"].items():
+            cpu_cells = (
+                f"{x['server_cpu_us_off']['median']:.0f} / {x['server_cpu_us_on']['median']:.0f}"
+                f" / {x['server_cpu_us_stock']['median']:.0f} | {mmm(x['cpu_ratio'], '.2f')} | "
+                f"{mmm(x['cpu_ratio_stock'], '.2f')}"
+                if "cpu_ratio" in x
+                else "- | - | -"
+            )
             out.append(
                 f"| {key.split('/')[0]} | {x['endpoint']} | {mmm(x['rps_off'], '.0f')} | "
                 f"{mmm(x['rps_on'], '.0f')} | {mmm(x['ratio'], '.2f')} | "
                 f"{mmm(x['rps_stock'], '.0f')} | {mmm(x['ratio_stock'], '.2f')} | "
-                f"{x['worker_rss_kb_off']:.0f} / {x['worker_rss_kb_on']:.0f} / "
+                f"{cpu_cells} | {x['worker_rss_kb_off']:.0f} / {x['worker_rss_kb_on']:.0f} / "
                 f"{x['worker_rss_kb_stock']:.0f} |"
             )
+        out += [
+            "",
+            "Server CPU per request: CPU time of the server's processes (master and workers, "
+            "from `/proc`) during each wrk run over the requests it completed. Throughput on "
+            "the server's pinned CPU also falls whenever another tenant of this shared machine "
+            "runs there; the CPU the server spends per request does not, so off's CPU per "
+            "request over ours (per round) is the throughput ratio the server's own work "
+            "allows.",
+        ]
         c = b3["cpu"]
         out += [
             "",
