@@ -160,11 +160,11 @@ def table(r: dict, source: str) -> str:
         out += [
             "",
             "Server CPU per request: CPU time of the server's processes (master and workers, "
-            "from `/proc`) during each wrk run over the requests it completed. Throughput on "
-            "the server's pinned CPU also falls whenever another tenant of this shared machine "
-            "runs there; the CPU the server spends per request does not, so off's CPU per "
-            "request over ours (per round) is the throughput ratio the server's own work "
-            "allows.",
+            "from `/proc`) during each wrk run over the requests it completed; off's over "
+            "ours (per round) is the throughput ratio the server's own work allows. Throughput "
+            "on the pinned CPU also falls when another tenant of this shared machine runs "
+            "there, CPU per request does not; where the two columns agree, the server had "
+            "its CPU to itself.",
         ]
         c = b3["cpu"]
         out += [
