@@ -358,6 +358,45 @@ def test_job_counters_exact_with_rq_processes_sigkilled(
         conn.close()
 
 
+def _db_sockets(pid: int, port: int) -> list[int]:
+    """Inodes of ``pid``'s TCP sockets connected to ``port`` on this host."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    found = []
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                remote_port = int(cols[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and int(cols[9]) in inodes:
+                    found.append(int(cols[9]))
+    return found
+
+
+def test_uwsgi_master_keeps_no_database_session_for_its_workers(
+    server_factory, tmp_path, postgres, redis_server
+) -> None:
+    """uWSGI loads the app in its master, then forks: a database connection opened while
+    loading (the sample checks its migrations) must be closed before the fork, or every
+    worker talks on the same session (seen: a duplicate INSERT accepted, a request hung)."""
+    env = production_env(tmp_path, postgres, redis_server)
+    srv = server_factory("uwsgi", env=env, workers=2)
+    for i in range(6):  # every worker has served, and read the directory after its response
+        call(srv, "POST", "/api/sites/", {"name": f"m{i}", "slug": f"m{i}"}, 201)
+    assert _db_sockets(srv.pid, postgres.port) == []
+    workers = children(srv.pid)
+    sockets = {w: _db_sockets(w, postgres.port) for w in workers}
+    assert all(len(v) <= 1 for v in sockets.values()), sockets
+    # The unique constraint holds across workers: one session each, nothing shared.
+    for _ in range(4):
+        call(srv, "POST", "/api/sites/", {"name": "dup", "slug": "m0"}, 500)
+
+
 # -- a NetBox-shaped project adopts the toolkit with settings alone ----------------------
 
 

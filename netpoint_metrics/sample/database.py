@@ -30,7 +30,21 @@ class DatabaseNotReady(RuntimeError):
 
 
 def prepare_database(alias: str = DEFAULT_DB_ALIAS) -> None:
-    """Create and migrate the sample's SQLite database, or say what to run."""
+    """Create and migrate the sample's SQLite database, or say what to run.
+
+    Runs where the application is loaded: in uWSGI's master (without ``lazy-apps``) or
+    Gunicorn's (with ``preload_app``), before the workers are forked. The connection it
+    opens is closed before it returns: every forked worker would otherwise inherit the same
+    database session, and two workers talking on one socket get each other's answers
+    (seen: a worker's duplicate INSERT accepted, another request hung on a lock).
+    """
+    try:
+        _prepare(alias)
+    finally:
+        connections[alias].close()
+
+
+def _prepare(alias: str) -> None:
     conn = connections[alias]
     sqlite = conn.vendor == "sqlite"
     auto = env_flag("NETPOINT_AUTO_MIGRATE", sqlite)

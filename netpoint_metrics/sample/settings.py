@@ -132,5 +132,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"netpoint_metrics": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "netpoint_metrics": {"handlers": ["console"], "level": "INFO"},
+        # A request that fails is logged with its traceback (stderr: the server's log).
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }
