@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
@@ -86,3 +87,21 @@ def manifest(directory: str) -> dict:
             return json.load(f)
     except FileNotFoundError:
         return {}
+
+
+def in_forked_child(body: Callable[[], None]) -> None:
+    """Run ``body`` in a forked child (its own value class state); fail on its failure."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            body()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "see the child's traceback above"

@@ -19,6 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from netpoint_metrics.core import identity, valuefile
 from netpoint_metrics.core import values as nv
+from tests.core_support import in_forked_child
 
 
 def _use(cls: type) -> None:
@@ -203,20 +204,7 @@ def _run_with_file_size_limit(mpdir: Path, limit: int) -> None:
 
 
 def test_no_space_drops_and_counts_then_resumes(mpdir: Path) -> None:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            _run_with_file_size_limit(mpdir, valuefile.INITIAL_SIZE)
-            code = 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "see the child's traceback above"
+    in_forked_child(lambda: _run_with_file_size_limit(mpdir, valuefile.INITIAL_SIZE))
 
 
 def test_a_file_that_cannot_be_created_leaves_nothing_behind(mpdir: Path) -> None:

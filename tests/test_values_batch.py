@@ -25,6 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from netpoint_metrics.core import identity
 from netpoint_metrics.core import values as nv
+from tests.core_support import in_forked_child
 
 
 def _use(cls: type) -> None:
@@ -35,24 +36,6 @@ def _stock_text(directory: Path) -> str:
     reg = CollectorRegistry()
     MultiProcessCollector(reg, path=str(directory))
     return generate_latest(reg).decode()
-
-
-def _in_child(body: Callable[[], None]) -> None:
-    """Run ``body`` in a forked child (its own value class state); fail on its failure."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            body()
-            code = 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "see the child's traceback above"
 
 
 def test_batches_from_many_threads_lose_no_update(mpdir: Path) -> None:
@@ -168,7 +151,7 @@ def _full_disk_batches(mpdir: Path) -> None:
 
 
 def test_no_space_in_a_batch_is_dropped_and_counted_then_resumes(mpdir: Path) -> None:
-    _in_child(lambda: _full_disk_batches(mpdir))
+    in_forked_child(lambda: _full_disk_batches(mpdir))
 
 
 def test_values_of_another_class_take_their_own_inc(mpdir: Path) -> None:
