@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from timeit import default_timer
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction
 from django.core.signals import setting_changed
 from django.http.response import HttpResponseBase
 from django_prometheus import middleware as dp
@@ -214,15 +215,19 @@ class _DirectCall:
     Django's ``MiddlewareMixin.__call__`` asks, on every request, whether it runs async
     and whether the instance has ``process_request``/``process_response`` (ours always
     do). In a sync chain this calls the two hooks directly, in the same order and with the
-    same short-circuit; an async chain (``async_mode``, set by Django when the next handler
-    is a coroutine function) goes through the mixin unchanged.
+    same short-circuit; an async chain (the next handler is a coroutine function: Django
+    4.2 marks the middleware itself, 5.x sets ``async_mode``; we ask the same question
+    once, at start) goes through the mixin unchanged.
     """
 
-    async_mode: bool
     get_response: Callable[[Any], Any]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_chain = not iscoroutinefunction(self.get_response)
+
     def __call__(self, request: Any) -> Any:
-        if self.async_mode:
+        if not self._sync_chain:
             return super().__call__(request)  # type: ignore[misc]  # the mixin's __acall__
         response = self.process_request(request) or self.get_response(request)  # type: ignore[attr-defined]
         return self.process_response(request, response)  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """The request middlewares' cheap paths keep their behaviour (metrics on, in a subprocess).
 
 * Our Before/After middlewares call their hooks directly in a sync chain; in an async chain
-  (Django sets ``async_mode``) they must still return an awaitable and count the request.
+  (the next handler is a coroutine function) they must still return an awaitable and count the request.
 * ``NetpointMetricsMiddleware`` marks a process up once, knowing a new process by a
   wipe-on-fork byte instead of ``os.getpid()`` per request: a child forked through Python
   or from C (uWSGI) must still set ``netpoint_worker_up`` in its own file.
@@ -50,7 +50,7 @@ if check == "async":
         return HttpResponse("ok")
     before = instrumentation.PrometheusBeforeMiddleware(inner)
     after = instrumentation.PrometheusAfterMiddleware(inner)
-    assert before.async_mode and after.async_mode
+    assert not before._sync_chain and not after._sync_chain
     req = RequestFactory().get("/anywhere/")
     counts = (m.requests_total._value.get(), m.responses_total._value.get())
     pending = before(req)
@@ -69,7 +69,7 @@ if check == "async":
     assert by_status == 1.0, by_status
     # A sync chain takes the direct path and counts the same.
     sync_before = instrumentation.PrometheusBeforeMiddleware(lambda r: HttpResponse("s"))
-    assert not sync_before.async_mode
+    assert sync_before._sync_chain
     assert sync_before(RequestFactory().get("/y/")).content == b"s"
     assert m.responses_total._value.get() == counts[1] + 2
     print("ok")
