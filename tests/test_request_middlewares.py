@@ -1,7 +1,8 @@
 """The request middlewares' cheap paths keep their behaviour (metrics on, in a subprocess).
 
 * Our Before/After middlewares call their hooks directly in a sync chain; in an async chain
-  (the next handler is a coroutine function) they must still return an awaitable and count the request.
+  (the next handler is a coroutine function) they must still return an awaitable and count
+  the request.
 * ``NetpointMetricsMiddleware`` marks a process up once, knowing a new process by a
   wipe-on-fork byte instead of ``os.getpid()`` per request: a child forked through Python
   or from C (uWSGI) must still set ``netpoint_worker_up`` in its own file.
