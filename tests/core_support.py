@@ -105,3 +105,20 @@ def in_forked_child(body: Callable[[], None]) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "see the child's traceback above"
+
+
+def use_value_class(cls: type) -> None:
+    """Make ``cls`` the value class prometheus-client builds new metrics with."""
+    from prometheus_client import values as pc_values
+
+    pc_values.ValueClass = cls
+
+
+def stock_text(directory: str | os.PathLike[str]) -> str:
+    """What prometheus-client's own collector makes of ``directory``: the format check."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    reg = CollectorRegistry()
+    MultiProcessCollector(reg, path=str(directory))
+    return generate_latest(reg).decode()

@@ -13,23 +13,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client import values as pc_values
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from netpoint_metrics.core import identity, valuefile
 from netpoint_metrics.core import values as nv
-from tests.core_support import in_forked_child
-
-
-def _use(cls: type) -> None:
-    pc_values.ValueClass = cls
-
-
-def _stock_text(directory: Path) -> str:
-    reg = CollectorRegistry()
-    MultiProcessCollector(reg, path=str(directory))
-    return generate_latest(reg).decode()
+from tests.core_support import in_forked_child, stock_text, use_value_class
 
 
 def _workload(tag: str) -> None:
@@ -53,16 +42,16 @@ def _workload(tag: str) -> None:
 def test_files_are_stock_format_and_read_the_same_by_the_stock_collector(
     mpdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _use(nv.make_value_class(lambda: "101-aaaaaa"))
+    use_value_class(nv.make_value_class(lambda: "101-aaaaaa"))
     _workload("m")
-    ours = _stock_text(mpdir)
+    ours = stock_text(mpdir)
 
     stock_dir = tmp_path / "stock"
     stock_dir.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(stock_dir))
-    _use(pc_values.MultiProcessValue(process_identifier=lambda: "101"))
+    use_value_class(pc_values.MultiProcessValue(process_identifier=lambda: "101"))
     _workload("m")
-    stock = _stock_text(stock_dir)
+    stock = stock_text(stock_dir)
 
     ours_lines = [ln for ln in ours.splitlines() if "netpoint_metrics_dropped" not in ln]
     # mostrecent gauges carry a timestamp-free value in the exposition: lines must match.
@@ -79,7 +68,7 @@ def test_files_are_stock_format_and_read_the_same_by_the_stock_collector(
 
 
 def test_file_grows_past_first_size_and_keeps_every_value(mpdir: Path) -> None:
-    _use(nv.make_value_class(lambda: "102-bbbbbb"))
+    use_value_class(nv.make_value_class(lambda: "102-bbbbbb"))
     c = Counter("grow", "many series", ["k"], registry=None)
     first = c.labels("first")
     first.inc(1)
@@ -88,14 +77,14 @@ def test_file_grows_past_first_size_and_keeps_every_value(mpdir: Path) -> None:
     first.inc(1)  # written through the re-pointed view after growth
     size = os.stat(mpdir / "counter_102-bbbbbb.db").st_size
     assert size > valuefile.INITIAL_SIZE
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     assert 'grow_total{k="first"} 2.0' in text
     assert 'grow_total{k="key-02999"} 2999.0' in text
     assert text.count("grow_total{") == 3001
 
 
 def test_threads_lose_no_update_while_files_grow(mpdir: Path) -> None:
-    _use(nv.make_value_class(lambda: "103-cccccc"))
+    use_value_class(nv.make_value_class(lambda: "103-cccccc"))
     c = Counter("threads", "shared by threads", ["k"], registry=None)
     shared = c.labels("shared")
     n, per = 8, 5000
@@ -113,13 +102,13 @@ def test_threads_lose_no_update_while_files_grow(mpdir: Path) -> None:
         t.join(60)
     assert not any(t.is_alive() for t in threads)
     assert shared._value.get() == n * per
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     assert f'threads_total{{k="shared"}} {float(n * per)}' in text
     assert text.count("threads_total{") == 1 + n * per // 10
 
 
 def test_fork_child_gets_new_identity_and_files_never_the_parents(mpdir: Path) -> None:
-    _use(nv.make_value_class(identity.current))
+    use_value_class(nv.make_value_class(identity.current))
     c = Counter("forked", "fork", ["who"], registry=None)
     c.labels("parent").inc(5)
     parent_ident = identity.current()
@@ -146,16 +135,16 @@ def test_fork_child_gets_new_identity_and_files_never_the_parents(mpdir: Path) -
     assert parent_file.read_bytes() == before, "the child wrote into its parent's file"
     assert (mpdir / f"counter_{child_ident}.db").exists()
     assert (mpdir / f"lease_{child_ident}.lock").exists()
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     # The child's "parent" series started from 0 in its own file: 5 + 100.
     assert 'forked_total{who="parent"} 105.0' in text
     assert 'forked_total{who="child"} 1.0' in text
     c.labels("parent").inc(1)  # the parent still writes its own file
-    assert 'forked_total{who="parent"} 106.0' in _stock_text(mpdir)
+    assert 'forked_total{who="parent"} 106.0' in stock_text(mpdir)
 
 
 def test_threads_in_a_forked_child_rebind_once(mpdir: Path) -> None:
-    _use(nv.make_value_class(identity.current))
+    use_value_class(nv.make_value_class(identity.current))
     c = Counter("forkthreads", "fork then threads", registry=None)
     c.inc()
     pid = os.fork()
@@ -172,7 +161,7 @@ def test_threads_in_a_forked_child_rebind_once(mpdir: Path) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert "forkthreads_total 8001.0" in _stock_text(mpdir)
+    assert "forkthreads_total 8001.0" in stock_text(mpdir)
     assert len([n for n in os.listdir(mpdir) if n.startswith("counter_")]) == 2
 
 
@@ -181,7 +170,7 @@ def _run_with_file_size_limit(mpdir: Path, limit: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     nv.RETRY_SECONDS = 0.0
     cls = nv.make_value_class(lambda: "104-dddddd")
-    _use(cls)
+    use_value_class(cls)
     c = Counter("limited", "under a size limit", ["k"], registry=None)
     c.labels("early").inc(3)  # stored: the first 64 KiB are reserved at creation
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -191,13 +180,13 @@ def _run_with_file_size_limit(mpdir: Path, limit: int) -> None:
     c.labels("early").inc(1)  # an existing slot needs no space: stored
     dropped = nv.dropped_updates(cls)
     assert dropped > 0
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     assert 'limited_total{k="early"} 4.0' in text
     assert f"netpoint_metrics_dropped_updates_total {dropped}" in text
     stored = text.count("limited_total{")
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     c.labels("k1999").inc(5)  # space is back: bound now, counts only from here
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     assert 'limited_total{k="k1999"} 5.0' in text
     assert text.count("limited_total{") == stored + 1
     assert nv.dropped_updates(cls) == dropped
@@ -215,7 +204,7 @@ def test_a_file_that_cannot_be_created_leaves_nothing_behind(mpdir: Path) -> Non
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
             cls = nv.make_value_class(lambda: "105-eeeeee")
-            _use(cls)
+            use_value_class(cls)
             c = Counter("nofile", "no space at all", registry=None)
             c.inc()
             c.inc()
@@ -232,7 +221,7 @@ def test_fork_from_c_without_python_handlers_is_noticed(mpdir: Path) -> None:
     """uWSGI forks workers from C and runs no ``os.register_at_fork`` handler by default."""
     import ctypes
 
-    _use(nv.make_value_class(identity.current))
+    use_value_class(nv.make_value_class(identity.current))
     c = Counter("cfork", "forked from C", registry=None)
     c.inc(5)
     parent_ident = identity.current()
@@ -251,7 +240,7 @@ def test_fork_from_c_without_python_handlers_is_noticed(mpdir: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert parent_file.read_bytes() == before, "the C-forked child wrote into its parent's file"
-    assert "cfork_total 105.0" in _stock_text(mpdir)
+    assert "cfork_total 105.0" in stock_text(mpdir)
     assert len([n for n in os.listdir(mpdir) if n.startswith("counter_")]) == 2
 
 
@@ -329,7 +318,7 @@ def test_a_gauge_keeps_its_state_through_no_space_counters_drop(mpdir: Path) -> 
             soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
             resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # no file can be made
             cls = nv.make_value_class(lambda: "106-ffffff")
-            _use(cls)
+            use_value_class(cls)
             g = Gauge("inprog", "in progress", multiprocess_mode="livesum", registry=None)
             c = Counter("done", "done", registry=None)
             g.inc()
@@ -339,7 +328,7 @@ def test_a_gauge_keeps_its_state_through_no_space_counters_drop(mpdir: Path) -> 
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
             g.dec()
             c.inc()
-            text = _stock_text(mpdir)
+            text = stock_text(mpdir)
             assert "inprog 1.0" in text, text
             assert "done_total 1.0" in text, text
             assert "netpoint_metrics_dropped_updates_total 3.0" in text, text

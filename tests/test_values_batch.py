@@ -19,28 +19,17 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client import values as pc_values
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from netpoint_metrics.core import identity
 from netpoint_metrics.core import values as nv
-from tests.core_support import in_forked_child
-
-
-def _use(cls: type) -> None:
-    pc_values.ValueClass = cls
-
-
-def _stock_text(directory: Path) -> str:
-    reg = CollectorRegistry()
-    MultiProcessCollector(reg, path=str(directory))
-    return generate_latest(reg).decode()
+from tests.core_support import in_forked_child, stock_text, use_value_class
 
 
 def test_batches_from_many_threads_lose_no_update(mpdir: Path) -> None:
     cls = nv.make_value_class(lambda: "201-aaaaaa")
-    _use(cls)
+    use_value_class(cls)
     c = Counter("batched", "batched by threads", ["k"], registry=None)
     h = Histogram("batched_h", "observed in batches", registry=None, buckets=(1, 10))
     a, b = c.labels("a")._value, c.labels("b")._value
@@ -66,7 +55,7 @@ def test_batches_from_many_threads_lose_no_update(mpdir: Path) -> None:
         sys.setswitchinterval(interval)
     assert not any(t.is_alive() for t in threads)
     assert a.get() == 2 * n * per and b.get() == 2 * n * per
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     assert f'batched_total{{k="a"}} {float(2 * n * per)}' in text
     assert f'batched_total{{k="b"}} {float(2 * n * per)}' in text
     assert f'batched_h_bucket{{le="1.0"}} {float(n * per)}' in text
@@ -76,7 +65,7 @@ def test_batches_from_many_threads_lose_no_update(mpdir: Path) -> None:
 
 def _fork_child_batches(fork: Callable[[], int]) -> None:
     cls = nv.make_value_class(identity.current)
-    _use(cls)
+    use_value_class(cls)
     c = Counter("forkbatch", "fork then batch", ["who"], registry=None)
     g = Gauge("forkbatch_g", "a gauge in the batch", multiprocess_mode="livesum", registry=None)
     parent = c.labels("parent")._value
@@ -101,7 +90,7 @@ def _fork_child_batches(fork: Callable[[], int]) -> None:
 
 def test_a_forked_child_batches_into_its_own_files(mpdir: Path) -> None:
     _fork_child_batches(os.fork)
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     # The child's "parent" series started from 0 in its own file: 5 + 100.
     assert 'forkbatch_total{who="parent"} 105.0' in text
     assert 'forkbatch_total{who="child"} 1.0' in text
@@ -112,7 +101,7 @@ def test_a_child_forked_from_c_batches_into_its_own_files(mpdir: Path) -> None:
     """uWSGI forks from C: no at-fork handler runs, the guard byte must catch it."""
     libc = ctypes.CDLL(None, use_errno=True)
     _fork_child_batches(libc.fork)
-    assert 'forkbatch_total{who="parent"} 105.0' in _stock_text(mpdir)
+    assert 'forkbatch_total{who="parent"} 105.0' in stock_text(mpdir)
     assert len([n for n in os.listdir(mpdir) if n.startswith("counter_")]) == 2
 
 
@@ -121,7 +110,7 @@ def _full_disk_batches(mpdir: Path) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     nv.RETRY_SECONDS = 0.0
     cls = nv.make_value_class(lambda: "202-bbbbbb")
-    _use(cls)
+    use_value_class(cls)
     c = Counter("fullbatch", "under a size limit", ["k"], registry=None)
     early = c.labels("early")._value
     early.inc(3)  # stored: the first 64 KiB are reserved at creation
@@ -136,14 +125,14 @@ def _full_disk_batches(mpdir: Path) -> None:
     dropped = nv.dropped_updates(cls)
     cls.inc_many([(early, 1), (late, 1), (late, 1), (g._value, 1)])
     assert nv.dropped_updates(cls) == dropped + 3
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     assert 'fullbatch_total{k="early"} 4.0' in text
     assert 'fullbatch_total{k="k1999"}' not in text
     assert f"netpoint_metrics_dropped_updates_total {dropped + 3}" in text
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     cls.inc_many([(late, 5), (early, 1)])  # space is back: bound now, counts from here
     g._value.inc(0)  # the gauge writes the state it kept: 1
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     assert 'fullbatch_total{k="k1999"} 5.0' in text
     assert 'fullbatch_total{k="early"} 5.0' in text
     assert "fullbatch_g 1.0" in text, text
@@ -156,15 +145,15 @@ def test_no_space_in_a_batch_is_dropped_and_counted_then_resumes(mpdir: Path) ->
 
 def test_values_of_another_class_take_their_own_inc(mpdir: Path) -> None:
     cls = nv.make_value_class(lambda: "203-cccccc")
-    _use(cls)
+    use_value_class(cls)
     ours = Counter("mixed", "ours", registry=None)
     memory = pc_values.MutexValue("counter", "mem", "mem_total", (), (), "in memory")
     other_cls = nv.make_value_class(lambda: "204-dddddd")
-    _use(other_cls)
+    use_value_class(other_cls)
     theirs = Counter("mixed_other", "another value class", registry=None)
     cls.inc_many([(ours._value, 2), (memory, 3), (theirs._value, 4)])
     assert (ours._value.get(), memory.get(), theirs._value.get()) == (2.0, 3.0, 4.0)
-    text = _stock_text(mpdir)
+    text = stock_text(mpdir)
     assert "mixed_total 2.0" in text and "mixed_other_total 4.0" in text
     # Each value went to its own class's file.
     assert (mpdir / "counter_203-cccccc.db").exists() and (mpdir / "counter_204-dddddd.db").exists()
@@ -172,10 +161,10 @@ def test_values_of_another_class_take_their_own_inc(mpdir: Path) -> None:
 
 def test_a_batch_after_close_rebinds_like_inc(mpdir: Path) -> None:
     cls = nv.make_value_class(lambda: "205-eeeeee")
-    _use(cls)
+    use_value_class(cls)
     c = Counter("closed", "closed then batched", registry=None)
     cls.inc_many([(c._value, 1)])
     cls.close_all_files()
     cls.inc_many([(c._value, 1)])  # unbound now: its own inc binds it again
-    assert "closed_total 2.0" in _stock_text(mpdir)
+    assert "closed_total 2.0" in stock_text(mpdir)
     assert nv.dropped_updates(cls) == 0
